@@ -1,0 +1,91 @@
+"""Channel labels: which channel atom each index of a tensor dimension carries.
+
+An *atom* is one channel of one producer (a conv's output filter, a free parameter's
+entry along one dimension, ...).  Analysis unifies atoms that must be pruned together;
+each resulting component is a zero-invariant group (ZIG).
+
+A tensor dimension that carries channels has a :class:`DimLabel`: per index, the atom id
+(-1 for "no channel here", e.g. the spatial part of a flattened feature) and a nonzero
+code (0 when the value at that index is exactly zero once its ZIG is zeroed; otherwise
+the id of the node that made it non-zero, for error messages).  Dimensions that carry no
+channels (batch, spatial, tokens) are ``None``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
+@dataclass(frozen=True)
+class DimLabel:
+    atoms: np.ndarray  # int64 [size]: atom id per index, -1 where no channel
+    nonzero: np.ndarray  # int64 [size]: 0 if zero when its ZIG is zeroed, else code of the culprit node + 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "atoms", _frozen(np.asarray(self.atoms, dtype=np.int64)))
+        object.__setattr__(self, "nonzero", _frozen(np.asarray(self.nonzero, dtype=np.int64)))
+
+    @property
+    def size(self) -> int:
+        return int(self.atoms.shape[0])
+
+    @staticmethod
+    def fresh(atoms: np.ndarray) -> "DimLabel":
+        return DimLabel(atoms, np.zeros(len(atoms), dtype=np.int64))
+
+    def with_nonzero(self, nonzero: np.ndarray | int) -> "DimLabel":
+        nz = np.broadcast_to(np.asarray(nonzero, dtype=np.int64), self.atoms.shape)
+        return DimLabel(self.atoms, nz)
+
+    def take(self, index: np.ndarray) -> "DimLabel":
+        return DimLabel(self.atoms[index], self.nonzero[index])
+
+
+@dataclass(frozen=True)
+class TensorLabels:
+    """Per-dimension channel labels of one tensor value."""
+
+    shape: tuple[int, ...]
+    dims: tuple[DimLabel | None, ...]
+
+    @staticmethod
+    def blank(shape) -> "TensorLabels":
+        shape = tuple(int(s) for s in shape)
+        return TensorLabels(shape, (None,) * len(shape))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def labeled(self) -> list[int]:
+        return [d for d, lab in enumerate(self.dims) if lab is not None]
+
+    def replace(self, dim: int, label: DimLabel | None) -> "TensorLabels":
+        dims = list(self.dims)
+        dims[dim] = label
+        return TensorLabels(self.shape, tuple(dims))
+
+    def all_atoms(self) -> np.ndarray:
+        parts = [lab.atoms for lab in self.dims if lab is not None]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class SizeTaint:
+    """A Python number computed from the sizes of channel dimensions (e.g. ``x.size(1) // 2``).
+
+    After pruning such a number changes; it may only feed shape arguments fxprune
+    rewrites (view/reshape sizes), anything else makes its atoms unprunable.
+    """
+
+    atoms: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "atoms", _frozen(np.asarray(self.atoms, dtype=np.int64)))

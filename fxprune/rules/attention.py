@@ -1,0 +1,119 @@
+"""Matrix products, softmax and attention.
+
+A matmul contracts the last dim of its left operand with the second-to-last of its
+right operand: those channels are consumed (exact if zero), batch dims align like an
+elementwise op.  Softmax over a channel dim is channel-sensitive.  Scaled-dot-product
+attention with its default scale 1/sqrt(head_dim) reads the head dim's size, and
+``nn.MultiheadAttention`` ties its embedding width to its input and output: both
+are barriers for now.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fxprune.labels import DimLabel, TensorLabels
+
+from .common import ADD, CONST, MUL, block_dims, elementwise, normalize_dim
+from .registry import RULES
+
+
+def _strip(x: TensorLabels, keep_last: int) -> TensorLabels:
+    """Labels of the batch dims only (the last ``keep_last`` dims replaced by size-1 untracked dims)."""
+    shape = x.shape[: x.ndim - keep_last] + (1,) * keep_last
+    dims = x.dims[: x.ndim - keep_last] + (None,) * keep_last
+    return TensorLabels(shape, dims)
+
+
+@RULES.function(operator.matmul, torch.matmul, torch.bmm)
+@RULES.method("matmul", "bmm", "__matmul__")
+def _matmul(ctx, node):
+    a, b = ctx.value(node.args[0]), ctx.value(node.args[1])
+    out_shape = ctx.out_shape(node)
+    a_shape = tuple(node.args[0].meta["val"].shape)
+    b_shape = tuple(node.args[1].meta["val"].shape)
+    if len(a_shape) < 2 or len(b_shape) < 2 or not isinstance(a, TensorLabels) or not isinstance(b, TensorLabels):
+        from passes.channel_analysis import unknown_op
+
+        return unknown_op(ctx, node)
+    # contraction: a[..., k] * b[..., k, :], zero if either side is zero
+    ka, kb = a.dims[-1], b.dims[-2]
+    if ka is not None and kb is not None:
+        ctx.atoms.unify(ka.atoms, kb.atoms, f"{ctx.describe(node)} contraction")
+        _require_product_zero(ctx, node, ka, kb)
+    elif (ka is None) != (kb is None):
+        lab = ka if ka is not None else kb
+        _require_product_zero(ctx, node, lab, None)
+    batch = elementwise(ctx, node, [_strip(a, 2), _strip(b, 2)], ADD, out_shape[:-2] + (1, 1))
+    dims = list(batch.dims[:-2]) + [_row_label(a.dims[-2]), _row_label(b.dims[-1])]
+    return TensorLabels(tuple(out_shape), tuple(dims))
+
+
+def _row_label(lab: DimLabel | None) -> DimLabel | None:
+    return lab  # a zero row (or column) of an operand gives a zero row of the product
+
+
+def _require_product_zero(ctx, node, a: DimLabel, b: DimLabel | None) -> None:
+    zero = a.nonzero == 0
+    if b is not None:
+        zero |= b.nonzero == 0
+    if not zero.all():
+        ctx.atoms.block(a.atoms[~zero], f"the product {ctx.describe(node)} reads channels that are not zero when zeroed")
+
+
+def _softmax(ctx, node, dim):
+    x = ctx.labels(node.args[0])
+    out = elementwise(ctx, node, [x], CONST)
+    if x is not None and dim is not None:
+        block_dims(ctx, x, [normalize_dim(dim, x.ndim)], f"{ctx.describe(node)} normalises over these channels")
+    return out
+
+
+@RULES.function(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax)
+@RULES.method("softmax", "log_softmax")
+def _softmax_fn(ctx, node):
+    return _softmax(ctx, node, ctx.arg(node, 1, "dim"))
+
+
+@RULES.module(nn.Softmax, nn.LogSoftmax)
+def _softmax_module(ctx, node):
+    return _softmax(ctx, node, ctx.module(node).dim)
+
+
+@RULES.function(F.scaled_dot_product_attention)
+def _sdpa(ctx, node):
+    q, k, v = (ctx.labels(a) for a in node.args[:3])
+    out_shape = ctx.out_shape(node)
+    scale = node.kwargs.get("scale", node.args[6] if len(node.args) > 6 else None)
+    reason = f"{ctx.describe(node)} scales by 1/sqrt(head_dim): pass scale= to prune head dims"
+    if scale is None:
+        for t in (q, k):
+            block_dims(ctx, t, [t.ndim - 1] if t is not None else [], reason)
+    elif q is not None and k is not None and q.dims[-1] is not None and k.dims[-1] is not None:
+        ctx.atoms.unify(q.dims[-1].atoms, k.dims[-1].atoms, "attention head dim")
+        _require_product_zero(ctx, node, q.dims[-1], k.dims[-1])
+    # keys/values: softmax over the key axis makes removed tokens matter
+    for t in (k, v):
+        block_dims(ctx, t, [t.ndim - 2] if t is not None else [], f"{ctx.describe(node)} attends over these channels")
+    batch = elementwise(ctx, node, [_strip(t, 2) for t in (q, k, v) if t is not None], ADD, out_shape[:-2] + (1, 1))
+    dims = list(batch.dims[:-2]) + [q.dims[-2] if q is not None else None, v.dims[-1] if v is not None else None]
+    if dims[-2] is not None:
+        dims[-2] = dims[-2].with_nonzero(ctx.code(node))
+    return TensorLabels(tuple(out_shape), tuple(dims))
+
+
+@RULES.module(nn.MultiheadAttention)
+def _mha(ctx, node):
+    from passes.channel_analysis import unknown_op
+
+    values = [ctx.value(a) for a in node.args[:3]] + [ctx.value(node.kwargs.get(k)) for k in ("query", "key", "value")]
+    ctx.block_value(values, f"{ctx.describe(node)} ties embed_dim to its input and output widths "
+                            "(head pruning inside nn.MultiheadAttention is not supported yet)")
+    return unknown_op(ctx, node)
+
+
+del np, MUL

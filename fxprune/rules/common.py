@@ -1,0 +1,145 @@
+"""Shared building blocks of the op rules: broadcasting alignment and zero bookkeeping."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fxprune.labels import DimLabel, TensorLabels
+
+# How an elementwise op maps "zero channel" inputs to its output channel.
+KEEP = "keep"  # unary f with f(0) = 0 (ReLU, GELU, dropout, casts...)
+CONST = "const"  # unary f with f(0) != 0 (sigmoid, exp...): the channel becomes a constant
+ADD = "add"  # zero iff every operand is zero (add, sub, maximum...)
+MUL = "mul"  # zero if any operand is zero
+DIV = "div"  # zero iff the numerator is zero and the denominator is not
+
+
+def _is_zero_scalar(x: Any) -> bool:
+    return isinstance(x, (int, float, bool)) and not isinstance(x, torch.Tensor) and x == 0
+
+
+def combine_nonzero(mode: str, code: int, present: Sequence[DimLabel], n_other: int, other_zero: bool) -> np.ndarray:
+    """The output nonzero codes of one aligned dimension.
+
+    ``present``: the labels of operands that carry this dimension; ``n_other``: how many
+    operands do not (broadcast, untracked or scalar); ``other_zero``: whether all of those
+    are literally zero.
+    """
+    size = present[0].size
+    if mode == KEEP:
+        return present[0].nonzero
+    if mode == CONST:
+        return np.full(size, code, dtype=np.int64)
+    if mode == MUL:
+        zero = np.zeros(size, dtype=bool)
+        for lab in present:
+            zero |= lab.nonzero == 0
+        return np.where(zero, 0, code)
+    if mode == ADD:
+        nonzero = np.zeros(size, dtype=np.int64)
+        for lab in present:
+            nonzero = np.where(nonzero != 0, nonzero, lab.nonzero)
+        if n_other and not other_zero:
+            nonzero = np.where(nonzero != 0, nonzero, code)
+        return nonzero
+    if mode == DIV:
+        num = present[0].nonzero
+        if len(present) > 1:  # 0/0 is NaN: only zero where the denominator is not
+            return np.where((num == 0) & (present[1].nonzero != 0), 0, np.where(num != 0, num, code))
+        return num
+    raise ValueError(mode)
+
+
+def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequence[int] | None = None) -> TensorLabels:
+    """Broadcasting n-ary op: aligned channel dims are unified, zeros follow ``mode``."""
+    out_shape = tuple(out_shape if out_shape is not None else ctx.out_shape(node))
+    nd = len(out_shape)
+    code = ctx.code(node)
+    tensors = [o for o in operands if isinstance(o, TensorLabels)]
+    scalars_zero = all(_is_zero_scalar(o) for o in operands if not isinstance(o, TensorLabels))
+    n_scalars = sum(1 for o in operands if not isinstance(o, TensorLabels))
+    dims: list[DimLabel | None] = []
+    for d in range(nd):
+        size = out_shape[d]
+        present: list[DimLabel] = []
+        untracked_present = False
+        n_broadcast = n_scalars
+        for t in tensors:
+            k = d - (nd - t.ndim)
+            if k < 0 or (t.shape[k] != size):
+                n_broadcast += 1
+                continue
+            lab = t.dims[k]
+            if lab is None:
+                untracked_present = True
+                n_broadcast += 1
+            else:
+                present.append(lab)
+        if not present:
+            dims.append(None)
+            continue
+        if untracked_present:
+            for lab in present:
+                ctx.atoms.block(
+                    lab.atoms,
+                    f"{ctx.describe(node)} combines these channels elementwise with an untracked dimension",
+                )
+        base_atoms = present[0].atoms.copy()
+        for lab in present[1:]:
+            ctx.atoms.unify(base_atoms, lab.atoms, f"{ctx.describe(node)} aligns these channels with untracked ones")
+            base_atoms = np.where(base_atoms >= 0, base_atoms, lab.atoms)
+        # operands that broadcast along this dim contribute the same value to every channel:
+        # zero only if they are literal zeros
+        nonzero = combine_nonzero(mode, code, present, n_broadcast, scalars_zero and len(present) == len(tensors))
+        dims.append(DimLabel(base_atoms, nonzero))
+    return TensorLabels(out_shape, tuple(dims))
+
+
+def carry(in_labels: TensorLabels | None, out_shape: Sequence[int], mapping: dict[int, int]) -> TensorLabels:
+    """Output labels that copy ``in_labels`` dims by ``{out_dim: in_dim}`` (others untracked)."""
+    out_shape = tuple(int(s) for s in out_shape)
+    dims: list[DimLabel | None] = [None] * len(out_shape)
+    if in_labels is not None:
+        for o, i in mapping.items():
+            if in_labels.dims[i] is not None and in_labels.shape[i] == out_shape[o]:
+                dims[o] = in_labels.dims[i]
+    return TensorLabels(out_shape, tuple(dims))
+
+
+def set_nonzero(labels: TensorLabels, dims: Sequence[int], code: int) -> TensorLabels:
+    out = list(labels.dims)
+    for d in dims:
+        if out[d] is not None:
+            out[d] = out[d].with_nonzero(code)
+    return TensorLabels(labels.shape, tuple(out))
+
+
+def normalize_dim(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+def block_dims(ctx, labels: TensorLabels | None, dims: Sequence[int], reason: str) -> None:
+    if labels is None:
+        return
+    for d in dims:
+        lab = labels.dims[d]
+        if lab is not None:
+            ctx.atoms.block(lab.atoms, reason)
+
+
+def require_zero(ctx, lab: DimLabel | None, node, what: str) -> None:
+    """Channels consumed here (summed away) must be exactly zero when their ZIG is zeroed."""
+    if lab is None:
+        return
+    bad = lab.nonzero != 0
+    if not bad.any():
+        return
+    for code in np.unique(lab.nonzero[bad]):
+        sel = bad & (lab.nonzero == code)
+        ctx.atoms.block(
+            lab.atoms[sel],
+            f"{what} {ctx.describe(node)} reads these channels, which are not zero when zeroed "
+            f"(made non-zero by {ctx.nonzero_reason(code)})",
+        )

@@ -1,0 +1,142 @@
+"""Elementwise ops: activations, dropout, casts, arithmetic (tensors and size numbers)."""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fxprune.labels import SizeTaint, TensorLabels
+
+from .common import ADD, CONST, DIV, KEEP, MUL, elementwise
+from .registry import RULES
+
+# f(0) == 0: a zero channel stays zero
+KEEP_FUNCTIONS = [
+    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.selu, F.celu,
+    F.gelu, F.silu, F.mish, F.hardswish, torch.tanh, F.tanh, torch.sin, torch.sinh, torch.asin, torch.atan,
+    torch.neg, operator.neg, operator.pos, torch.abs, torch.sign, torch.sqrt, torch.square, F.dropout,
+    F.dropout1d, F.dropout2d, F.dropout3d, F.softsign, F.tanhshrink, F.hardshrink, F.softshrink, torch.erf,
+    torch.floor, torch.ceil, torch.round, torch.trunc, torch.expm1, torch.log1p, torch.clone, torch.detach,
+    torch.nan_to_num, torch.Tensor.contiguous,
+]
+KEEP_METHODS = [
+    "relu", "relu_", "tanh", "neg", "abs", "sqrt", "square", "clone", "detach", "contiguous", "float", "half",
+    "double", "bfloat16", "to", "type", "sign", "sin", "erf", "floor", "ceil", "round", "requires_grad_",
+    "cpu", "cuda", "type_as", "gelu", "silu",
+]
+KEEP_MODULES = [
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Tanh,
+    nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.Identity, nn.Dropout, nn.Dropout1d,
+    nn.Dropout2d, nn.Dropout3d,
+]
+# f(0) != 0: a zero channel becomes a constant
+CONST_FUNCTIONS = [
+    torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.exp, torch.cos, torch.cosh, torch.log, torch.reciprocal,
+    torch.rsqrt, F.softplus, F.logsigmoid, torch.erfc, F.alpha_dropout, F.feature_alpha_dropout,
+]
+CONST_METHODS = ["sigmoid", "exp", "log", "cos", "reciprocal", "rsqrt"]
+CONST_MODULES = [nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid, nn.AlphaDropout, nn.FeatureAlphaDropout]
+
+
+def _unary(mode):
+    def analyze(ctx, node):
+        return elementwise(ctx, node, [ctx.value(node.args[0])], mode)
+
+    return analyze
+
+
+RULES.function(*KEEP_FUNCTIONS)(_unary(KEEP))
+RULES.method(*KEEP_METHODS)(_unary(KEEP))
+RULES.module(*KEEP_MODULES)(_unary(KEEP))
+RULES.function(*CONST_FUNCTIONS)(_unary(CONST))
+RULES.method(*CONST_METHODS)(_unary(CONST))
+RULES.module(*CONST_MODULES)(_unary(CONST))
+
+try:  # torchvision's stochastic depth is an fx.wrap-ed function: it multiplies by a 0/1 mask
+    from torchvision.ops import stochastic_depth as _stochastic_depth
+
+    RULES.function(_stochastic_depth)(_unary(KEEP))
+except ImportError:  # pragma: no cover - torchvision is optional at import time
+    pass
+
+
+def _range_mode(lo, hi) -> str:
+    lo_ok = lo is None or (isinstance(lo, (int, float)) and lo <= 0)
+    hi_ok = hi is None or (isinstance(hi, (int, float)) and hi >= 0)
+    return KEEP if lo_ok and hi_ok else CONST
+
+
+@RULES.module(nn.Hardtanh)  # nn.ReLU6 is a Hardtanh
+def _hardtanh_module(ctx, node):
+    m = ctx.module(node)
+    return elementwise(ctx, node, [ctx.value(node.args[0])], _range_mode(m.min_val, m.max_val))
+
+
+@RULES.function(F.hardtanh, F.hardtanh_)
+def _hardtanh(ctx, node):
+    mode = _range_mode(ctx.arg(node, 1, "min_val", -1.0), ctx.arg(node, 2, "max_val", 1.0))
+    return elementwise(ctx, node, [ctx.value(node.args[0])], mode)
+
+
+@RULES.function(torch.clamp, torch.clip)
+@RULES.method("clamp", "clip", "clamp_", "clip_")
+def _clamp(ctx, node):
+    mode = _range_mode(ctx.arg(node, 1, "min"), ctx.arg(node, 2, "max"))
+    return elementwise(ctx, node, [ctx.value(node.args[0])], mode)
+
+
+@RULES.module(nn.PReLU)
+def _prelu(ctx, node):
+    out = elementwise(ctx, node, [ctx.value(node.args[0])], KEEP)
+    m = ctx.module(node)
+    x = ctx.labels(node.args[0])
+    if m.num_parameters > 1 and x is not None and x.ndim > 1 and x.dims[1] is not None:
+        # the slope is sliced with its channel but does not make it zero: not part of x_g
+        weight = ctx.param_atoms(f"{node.target}.weight", 0, "consumer")
+        ctx.atoms.unify(x.dims[1].atoms, weight, f"{ctx.describe(node)} slope")
+    return out
+
+
+def _taint(ctx, node) -> SizeTaint | None:
+    """Arithmetic on Python numbers: track whether they derive from channel counts."""
+    parts = [v.atoms for v in (ctx.value(a) for a in list(node.args) + list(node.kwargs.values()))
+             if isinstance(v, SizeTaint)]
+    return SizeTaint(np.concatenate(parts)) if parts else None
+
+
+def _binary(mode):
+    def analyze(ctx, node):
+        if not ctx.is_tensor(node):
+            return _taint(ctx, node)
+        operands = [ctx.value(a) for a in node.args[:2]]
+        for o, a in zip(operands, node.args[:2]):
+            if isinstance(o, SizeTaint):  # a channel count used as a tensor value
+                ctx.atoms.block(o.atoms, f"a channel count is used as a value by {ctx.describe(node)}")
+        operands = [o if not isinstance(o, SizeTaint) else 1 for o in operands]
+        return elementwise(ctx, node, operands, mode)
+
+    return analyze
+
+
+RULES.function(operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub, torch.subtract,
+               torch.maximum, torch.minimum)(_binary(ADD))
+RULES.method("add", "add_", "sub", "sub_", "__add__", "__radd__", "__sub__", "__rsub__")(_binary(ADD))
+RULES.function(operator.mul, operator.imul, torch.mul, torch.multiply)(_binary(MUL))
+RULES.method("mul", "mul_", "__mul__", "__rmul__")(_binary(MUL))
+RULES.function(operator.truediv, operator.itruediv, torch.div, torch.divide, torch.true_divide)(_binary(DIV))
+RULES.method("div", "div_", "__truediv__")(_binary(DIV))
+
+
+@RULES.function(operator.floordiv, operator.mod, operator.pow, torch.pow)
+@RULES.method("pow", "__pow__")
+def _power_or_int(ctx, node):
+    if not ctx.is_tensor(node):
+        return _taint(ctx, node)
+    base, exponent = ctx.value(node.args[0]), ctx.value(node.args[1])
+    if node.target in (operator.pow, torch.pow, "pow", "__pow__") and isinstance(base, TensorLabels):
+        positive = isinstance(exponent, (int, float)) and exponent > 0
+        return elementwise(ctx, node, [base], KEEP if positive else CONST)
+    return elementwise(ctx, node, [base, exponent], CONST)

@@ -1,0 +1,141 @@
+"""Layers that create channels: convolutions, linear layers, embeddings.
+
+A layer's output dimension creates atoms (its weight rows and bias are the
+producers: zeroing them makes the channel exactly zero).  Its input dimension is
+unified with the incoming channels as consumer slices; consuming a channel that
+is not zero when zeroed makes it unprunable.  A grouped convolution couples each
+of its groups whole (inputs and outputs of conv group k are one ZIG), so the
+compact conv keeps a valid group count; depthwise convs become per-channel ZIGs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+from torch import nn
+
+from fxprune.labels import DimLabel, TensorLabels
+from fxprune.layout import CONSUMER, PRODUCER
+
+from .common import require_zero
+from .registry import RULES
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _out_labels(x: TensorLabels | None, out_shape, channel_dim: int, out_label: DimLabel) -> TensorLabels:
+    dims = [None] * len(out_shape)
+    if x is not None and channel_dim == 1 and x.dims[0] is not None and x.shape[0] == out_shape[0]:
+        dims[0] = x.dims[0]  # a leading batch-like dim passes through
+    dims[channel_dim] = out_label
+    return TensorLabels(tuple(out_shape), tuple(dims))
+
+
+def _conv(ctx, node):
+    m = ctx.module(node)
+    x = ctx.labels(node.args[0])
+    out_shape = ctx.out_shape(node)
+    channel_dim = 1 if len(out_shape) == m.weight.ndim else 0  # batched or unbatched input
+    w, b = f"{node.target}.weight", f"{node.target}.bias"
+    out_atoms = ctx.param_atoms(w, 0, PRODUCER)
+    if m.bias is not None:
+        ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER), "bias")
+    in_lab = x.dims[channel_dim] if x is not None else None
+    groups = m.groups
+    if groups == 1:
+        if in_lab is not None:
+            ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER), f"{ctx.describe(node)} input")
+            require_zero(ctx, in_lab, node, "the convolution")
+    else:
+        og, ig = m.out_channels // groups, m.in_channels // groups
+        rep = np.repeat(out_atoms[::og], og)  # first output channel of each conv group
+        ctx.atoms.unify(out_atoms, rep, "conv group")
+        reason = f"the grouped convolution {ctx.describe(node)} reads channels fxprune cannot track"
+        if in_lab is None or (in_lab.atoms < 0).any():
+            ctx.atoms.block(out_atoms, reason)
+            if in_lab is not None:
+                ctx.atoms.block(in_lab.atoms, reason)
+        else:
+            ctx.atoms.unify(in_lab.atoms, np.repeat(out_atoms[::og], ig), "conv group")
+    return _out_labels(x, out_shape, channel_dim, DimLabel.fresh(out_atoms))
+
+
+def _rewrite_conv(rw, node):
+    m = rw.module(node)
+    old_out, old_groups = m.out_channels, m.groups
+    out_channels = m.weight.shape[0]
+    groups = 1 if old_groups == 1 else out_channels // (old_out // old_groups)
+    m.out_channels, m.groups, m.in_channels = out_channels, groups, m.weight.shape[1] * groups
+
+
+RULES.module(*CONV_TYPES, rewrite=_rewrite_conv)(_conv)
+
+
+@RULES.module(nn.Linear, rewrite=None)
+def _linear(ctx, node):
+    m = ctx.module(node)
+    x = ctx.labels(node.args[0])
+    out_shape = ctx.out_shape(node)
+    w, b = f"{node.target}.weight", f"{node.target}.bias"
+    out_atoms = ctx.param_atoms(w, 0, PRODUCER)
+    if m.bias is not None:
+        ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER), "bias")
+    dims = [None] * len(out_shape)
+    if x is not None:
+        for d in range(x.ndim - 1):
+            dims[d] = x.dims[d]  # leading dims (batch, tokens, heads...) pass through
+        in_lab = x.dims[-1]
+        if in_lab is not None:
+            ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER), f"{ctx.describe(node)} input")
+            require_zero(ctx, in_lab, node, "the linear layer")
+    dims[-1] = DimLabel.fresh(out_atoms)
+    return TensorLabels(tuple(out_shape), tuple(dims))
+
+
+def _rewrite_linear(rw, node):
+    m = rw.module(node)
+    m.out_features, m.in_features = m.weight.shape
+
+
+RULES.modules[nn.Linear] = RULES.modules[nn.Linear].__class__(_linear, _rewrite_linear)
+
+
+@RULES.module(nn.Embedding)
+def _embedding(ctx, node):
+    out_shape = ctx.out_shape(node)
+    atoms = ctx.param_atoms(f"{node.target}.weight", 1, PRODUCER)
+    dims = [None] * len(out_shape)
+    dims[-1] = DimLabel.fresh(atoms)
+    return TensorLabels(tuple(out_shape), tuple(dims))
+
+
+def _rewrite_embedding(rw, node):
+    m = rw.module(node)
+    m.embedding_dim = m.weight.shape[1]
+
+
+RULES.modules[nn.Embedding] = RULES.modules[nn.Embedding].__class__(_embedding, _rewrite_embedding)
+
+
+@RULES.function(F.linear)
+def _functional_linear(ctx, node):
+    """``F.linear(x, W, b)`` with W, b from get_attr: W's rows are producers, its columns consumers."""
+    x = ctx.labels(node.args[0])
+    w_node = node.args[1]
+    b_node = ctx.arg(node, 2, "bias")
+    out_shape = ctx.out_shape(node)
+    if getattr(w_node, "op", None) != "get_attr" or (b_node is not None and getattr(b_node, "op", None) != "get_attr"):
+        from passes.channel_analysis import unknown_op
+
+        return unknown_op(ctx, node)
+    out_atoms = ctx.param_atoms(w_node.target, 0, PRODUCER)
+    if b_node is not None:
+        ctx.atoms.unify(out_atoms, ctx.param_atoms(b_node.target, 0, PRODUCER), "bias")
+    dims = [None] * len(out_shape)
+    if x is not None:
+        for d in range(x.ndim - 1):
+            dims[d] = x.dims[d]
+        if x.dims[-1] is not None:
+            ctx.atoms.unify(x.dims[-1].atoms, ctx.param_atoms(w_node.target, 1, CONSUMER), "F.linear input")
+            require_zero(ctx, x.dims[-1], node, "the linear layer")
+    dims[-1] = DimLabel.fresh(out_atoms)
+    return TensorLabels(tuple(out_shape), tuple(dims))

@@ -1,0 +1,122 @@
+"""Normalisation layers.
+
+BatchNorm / InstanceNorm normalise each channel alone: their scale and shift are
+producers of the channel (zeroing them zeroes it, whatever the statistics), running
+statistics are buffers sliced along.  GroupNorm normalises whole groups of channels,
+so the channels of one norm group form one ZIG.  LayerNorm over channel dimensions
+mixes every channel into the statistics: removing a zero channel changes them, so
+those channels are unprunable.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+from torch import nn
+
+from fxprune.labels import TensorLabels
+from fxprune.layout import BUFFER, PRODUCER
+
+from .common import CONST, KEEP, block_dims, elementwise, set_nonzero
+from .registry import RULES
+
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+IN_TYPES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> None:
+    lab = x.dims[dim]
+    if lab is None:
+        return
+    for pname, role in (("weight", PRODUCER), ("bias", PRODUCER), ("running_mean", BUFFER), ("running_var", BUFFER)):
+        if getattr(m, pname, None) is not None:
+            ctx.atoms.unify(lab.atoms, ctx.param_atoms(f"{node.target}.{pname}", 0, role), f"{ctx.describe(node)}")
+
+
+def _per_channel_norm(ctx, node):
+    m = ctx.module(node)
+    x = ctx.labels(node.args[0])
+    out = elementwise(ctx, node, [x], KEEP)
+    unbatched = isinstance(m, IN_TYPES) and x is not None and x.ndim == {nn.InstanceNorm1d: 2, nn.InstanceNorm2d: 3,
+                                                                            nn.InstanceNorm3d: 4}.get(type(m), -1)
+    dim = 0 if unbatched else 1
+    if x is None or x.ndim <= dim:
+        return out
+    _attach_channel_params(ctx, node, m, x, dim)
+    affine = getattr(m, "weight", None) is not None and getattr(m, "bias", None) is not None
+    uses_running_stats = getattr(m, "track_running_stats", False)
+    if affine:  # scale and shift are zeroed with the channel: the output is exactly zero
+        out = set_nonzero(out, [dim], 0)
+    elif uses_running_stats:  # (0 - running_mean) / std is a non-zero constant in eval mode
+        out = set_nonzero(out, [dim], ctx.code(node))
+    return out
+
+
+def _rewrite_per_channel_norm(rw, node):
+    m = rw.module(node)
+    labels: TensorLabels = rw.input_labels(node)
+    dim = 1 if labels.ndim > 1 else 0
+    if labels.dims[dim] is not None:
+        m.num_features = rw.kept_count(labels.dims[dim])
+
+
+RULES.module(*BN_TYPES, *IN_TYPES, rewrite=_rewrite_per_channel_norm)(_per_channel_norm)
+
+
+def _group_norm(ctx, node):
+    m = ctx.module(node)
+    x = ctx.labels(node.args[0])
+    out = elementwise(ctx, node, [x], KEEP)
+    if x is None or x.dims[1] is None:
+        return out
+    lab = x.dims[1]
+    per_group = m.num_channels // m.num_groups
+    if (lab.atoms < 0).any():
+        ctx.atoms.block(lab.atoms, f"{ctx.describe(node)} normalises partly untracked channels")
+        return out
+    # statistics are shared within a norm group: its channels go (or stay) together
+    ctx.atoms.unify(lab.atoms, np.repeat(lab.atoms[::per_group], per_group), "group norm group")
+    _attach_channel_params(ctx, node, m, x, 1)
+    return set_nonzero(out, [1], 0 if m.affine else ctx.code(node))
+
+
+def _rewrite_group_norm(rw, node):
+    m = rw.module(node)
+    lab = rw.input_labels(node).dims[1]
+    if lab is None:
+        return
+    per_group = m.num_channels // m.num_groups
+    m.num_channels = rw.kept_count(lab)
+    m.num_groups = m.num_channels // per_group
+
+
+RULES.module(nn.GroupNorm, rewrite=_rewrite_group_norm)(_group_norm)
+
+
+def _layer_norm_over(ctx, node, x: TensorLabels | None, n_normalized: int):
+    out = elementwise(ctx, node, [x], CONST)
+    if x is None:
+        return out
+    normalized = list(range(x.ndim - n_normalized, x.ndim))
+    block_dims(
+        ctx, x, normalized,
+        f"{ctx.describe(node)} normalises over these channels: removing even zero channels changes its statistics",
+    )
+    return out
+
+
+@RULES.module(nn.LayerNorm)
+def _layer_norm(ctx, node):
+    m = ctx.module(node)
+    return _layer_norm_over(ctx, node, ctx.labels(node.args[0]), len(m.normalized_shape))
+
+
+@RULES.function(F.layer_norm)
+def _functional_layer_norm(ctx, node):
+    shape = ctx.arg(node, 1, "normalized_shape")
+    n = 1 if isinstance(shape, int) else len(shape)
+    for extra in node.args[2:4]:  # weight/bias get_attrs: their own atoms are blocked with the channels
+        ctx.block_value(ctx.value(extra), f"{ctx.describe(node)} normalises over these channels")
+    for k in ("weight", "bias"):
+        if k in node.kwargs:
+            ctx.block_value(ctx.value(node.kwargs[k]), f"{ctx.describe(node)} normalises over these channels")
+    return _layer_norm_over(ctx, node, ctx.labels(node.args[0]), n)

@@ -1,0 +1,79 @@
+"""The one registry of per-op channel rules.
+
+A rule knows one op's channel semantics: ``analyze(ctx, node)`` returns the labels
+of the node's output (unifying or blocking atoms through ``ctx``), and the optional
+``rewrite(rw, node)`` updates the op's constants (module attributes, size arguments)
+in the compact graph.  Ops are keyed by function object, method name or module class;
+adding an op is adding a rule here, never editing a pass.  An op with no rule is a
+barrier (see ``passes.channel_analysis``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Rule:
+    analyze: Callable[[Any, Any], Any]
+    rewrite: Callable[[Any, Any], None] | None = None
+
+
+class RuleRegistry:
+    def __init__(self):
+        self.functions: dict[Any, Rule] = {}
+        self.methods: dict[str, Rule] = {}
+        self.modules: dict[type, Rule] = {}
+
+    def function(self, *targets, rewrite=None):
+        def deco(fn):
+            for t in targets:
+                if t is not None:
+                    self.functions[t] = Rule(fn, rewrite)
+            return fn
+
+        return deco
+
+    def method(self, *names, rewrite=None):
+        def deco(fn):
+            for n in names:
+                self.methods[n] = Rule(fn, rewrite)
+            return fn
+
+        return deco
+
+    def module(self, *classes, rewrite=None):
+        def deco(fn):
+            for c in classes:
+                self.modules[c] = Rule(fn, rewrite)
+            return fn
+
+        return deco
+
+    def lookup(self, node, root: nn.Module) -> Rule | None:
+        if node.op == "call_function":
+            return self.functions.get(node.target)
+        if node.op == "call_method":
+            return self.methods.get(node.target)
+        if node.op == "call_module":
+            module = root.get_submodule(node.target)
+            for cls in type(module).__mro__:
+                rule = self.modules.get(cls)
+                if rule is not None:
+                    return rule
+        return None
+
+
+RULES = RuleRegistry()
+
+
+def register_module_rule(module_class: type, analyze, rewrite=None) -> None:
+    """Teach fxprune a custom leaf module's channel semantics (see the README)."""
+    RULES.modules[module_class] = Rule(analyze, rewrite)
+
+
+def register_function_rule(function, analyze, rewrite=None) -> None:
+    """Teach fxprune a custom function's (e.g. an ``fx.wrap``-ed one) channel semantics."""
+    RULES.functions[function] = Rule(analyze, rewrite)

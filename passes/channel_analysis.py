@@ -1,0 +1,250 @@
+"""Channel-dependency analysis: run the op rules over the graph, collect atoms and unions.
+
+Read-only over the graph: per-node labels go to ``node.meta["fxprune.channels"]``; the
+cross-node result is an :class:`AtomTable` (atoms, the equalities between them, the
+barriers with their reasons, and the parameter slices each atom owns).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from fxprune.labels import DimLabel, SizeTaint, TensorLabels
+from fxprune.layout import BUFFER, CONSUMER, PRODUCER
+from fxprune.rules import RULES
+
+META_KEY = "fxprune.channels"
+
+
+@dataclass
+class ParamDim:
+    """The atoms of one dimension of one parameter or buffer."""
+
+    name: str
+    dim: int
+    atoms: np.ndarray
+    role: str | None  # PRODUCER / CONSUMER / BUFFER; None until a rule says (then PRODUCER)
+    is_buffer: bool
+
+
+@dataclass
+class AtomTable:
+    count: int = 0
+    edges: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    blocks: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    param_dims: dict[tuple[str, int], ParamDim] = field(default_factory=dict)
+
+    def new(self, k: int) -> np.ndarray:
+        atoms = np.arange(self.count, self.count + k, dtype=np.int64)
+        self.count += k
+        return atoms
+
+    def block(self, atoms: np.ndarray, reason: str) -> None:
+        atoms = np.asarray(atoms, dtype=np.int64).ravel()
+        atoms = atoms[atoms >= 0]
+        if atoms.size:
+            self.blocks.append((atoms, reason))
+
+    def unify(self, a: np.ndarray, b: np.ndarray, reason_if_untracked: str) -> None:
+        """Atoms at equal positions of ``a`` and ``b`` must be pruned together."""
+        a = np.asarray(a, dtype=np.int64).ravel()
+        b = np.asarray(b, dtype=np.int64).ravel()
+        both = (a >= 0) & (b >= 0)
+        if both.any():
+            self.edges.append((a[both], b[both]))
+        # a channel aligned with an untracked element cannot be removed alone
+        self.block(np.concatenate([a[(a >= 0) & (b < 0)], b[(b >= 0) & (a < 0)]]), reason_if_untracked)
+
+
+class AnalysisContext:
+    """What a rule sees: the node's inputs as labels, shapes, and the atom table."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.atoms = AtomTable()
+        self.env: dict[fx.Node, Any] = {}
+        self.codes: dict[fx.Node, int] = {n: i + 1 for i, n in enumerate(gm.graph.nodes)}
+        self.nodes_by_code = {c: n for n, c in self.codes.items()}
+        self._named_tensors: dict[str, torch.Tensor] | None = None
+
+    # -- reading the node --------------------------------------------------
+    def value(self, arg: Any) -> Any:
+        """Labels for a node argument (recursively through lists/tuples); constants unchanged."""
+        if isinstance(arg, fx.Node):
+            return self.env.get(arg)
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.value(a) for a in arg) if not hasattr(arg, "_fields") else tuple(
+                self.value(a) for a in arg
+            )
+        return arg
+
+    def labels(self, arg: Any) -> TensorLabels | None:
+        v = self.value(arg)
+        return v if isinstance(v, TensorLabels) else None
+
+    @staticmethod
+    def meta_value(node: fx.Node) -> Any:
+        return node.meta.get("val")
+
+    def out_shape(self, node: fx.Node) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.meta_value(node).shape)
+
+    def is_tensor(self, node: fx.Node) -> bool:
+        return isinstance(self.meta_value(node), torch.Tensor)
+
+    def code(self, node: fx.Node) -> int:
+        return self.codes[node]
+
+    def describe(self, node: fx.Node) -> str:
+        return describe_node(self.gm, node)
+
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.gm.get_submodule(node.target)
+
+    def arg(self, node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+        if len(node.args) > index:
+            return node.args[index]
+        return node.kwargs.get(name, default)
+
+    # -- parameters --------------------------------------------------------
+    def tensor_by_name(self, name: str) -> torch.Tensor:
+        if self._named_tensors is None:
+            self._named_tensors = dict(self.gm.named_parameters(remove_duplicate=False))
+            self._named_tensors.update(dict(self.gm.named_buffers(remove_duplicate=False)))
+        if name in self._named_tensors:
+            return self._named_tensors[name]
+        return _fetch_attr(self.gm, name)
+
+    def is_buffer(self, name: str) -> bool:
+        t = self.tensor_by_name(name)
+        return not isinstance(t, nn.Parameter)
+
+    def param_atoms(self, name: str, dim: int, role: str | None) -> np.ndarray:
+        """Atoms of ``name``'s dimension ``dim`` (created on first use, shared by every use)."""
+        key = (name, dim)
+        pd = self.atoms.param_dims.get(key)
+        if pd is None:
+            size = self.tensor_by_name(name).shape[dim]
+            is_buffer = self.is_buffer(name)
+            pd = ParamDim(name, dim, self.atoms.new(size), BUFFER if is_buffer else role, is_buffer)
+            self.atoms.param_dims[key] = pd
+        elif pd.is_buffer:
+            pass
+        elif role == PRODUCER or (role == CONSUMER and pd.role is None):
+            pd.role = role  # a producer use anywhere makes the slice part of x_g
+        return pd.atoms
+
+    # -- blocking ----------------------------------------------------------
+    def block_value(self, value: Any, reason: str) -> None:
+        for atoms in _iter_atoms(value):
+            self.atoms.block(atoms, reason)
+
+    def nonzero_reason(self, code: int) -> str:
+        node = self.nodes_by_code.get(int(code))
+        return self.describe(node) if node is not None else "an op"
+
+
+def _iter_atoms(value: Any):
+    if isinstance(value, TensorLabels):
+        for lab in value.dims:
+            if lab is not None:
+                yield lab.atoms
+    elif isinstance(value, SizeTaint):
+        yield value.atoms
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _iter_atoms(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _iter_atoms(v)
+
+
+def _fetch_attr(root: nn.Module, target: str) -> Any:
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def describe_node(gm: fx.GraphModule, node: fx.Node) -> str:
+    """A short human name for a node's op: ``'layer1.0.conv1' (Conv2d)``, ``torch.cat``, ``.view``."""
+    if node.op == "call_module":
+        return f"'{node.target}' ({type(gm.get_submodule(node.target)).__name__})"
+    if node.op == "call_method":
+        return f"'.{node.target}()' at node '{node.name}'"
+    if node.op == "call_function":
+        t = node.target
+        mod = getattr(t, "__module__", None) or ""
+        name = getattr(t, "__qualname__", getattr(t, "__name__", str(t)))
+        return f"'{mod + '.' if mod else ''}{name}' at node '{node.name}'"
+    return f"{node.op} '{node.target}'"
+
+
+def _op_name(gm: fx.GraphModule, node: fx.Node) -> str:
+    return describe_node(gm, node)
+
+
+def unknown_op(ctx: AnalysisContext, node: fx.Node) -> Any:
+    """Barrier: every channel that touches an op without a rule becomes unprunable."""
+    reason = f"no channel rule for {ctx.describe(node)}"
+    ctx.block_value(ctx.value(node.args), reason)
+    ctx.block_value(ctx.value(node.kwargs), reason)
+    return blank_like(node.meta.get("val"))
+
+
+def blank_like(val: Any) -> Any:
+    if isinstance(val, torch.Tensor):
+        return TensorLabels.blank(val.shape)
+    if isinstance(val, (list, tuple)):
+        return tuple(blank_like(v) for v in val)
+    return None
+
+
+def _get_attr(ctx: AnalysisContext, node: fx.Node) -> Any:
+    val = ctx.meta_value(node)
+    if not isinstance(val, torch.Tensor) or val.ndim == 0:
+        return blank_like(val)
+    dims = []
+    for d, size in enumerate(val.shape):
+        if size <= 1:
+            dims.append(None)
+            continue
+        atoms = ctx.param_atoms(node.target, d, None)
+        nz = np.full(size, ctx.code(node), dtype=np.int64) if ctx.is_buffer(node.target) else np.zeros(size, np.int64)
+        dims.append(DimLabel(atoms, nz))
+    return TensorLabels(tuple(int(s) for s in val.shape), tuple(dims))
+
+
+def _output(ctx: AnalysisContext, node: fx.Node) -> Any:
+    ctx.block_value(ctx.value(node.args), "reaches the network output (the output interface is never pruned)")
+    return None
+
+
+def analyze_channels(gm: fx.GraphModule) -> AtomTable:
+    """Run every node's rule in topological order; return the atom table."""
+    ctx = AnalysisContext(gm)
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            result = blank_like(node.meta.get("val"))  # the input interface is never pruned
+        elif node.op == "get_attr":
+            result = _get_attr(ctx, node)
+        elif node.op == "output":
+            result = _output(ctx, node)
+        else:
+            rule = RULES.lookup(node, gm)
+            result = unknown_op(ctx, node) if rule is None else rule.analyze(ctx, node)
+        ctx.env[node] = result
+        node.meta[META_KEY] = result
+    for pd in ctx.atoms.param_dims.values():
+        if pd.role is None:
+            pd.role = PRODUCER
+    return ctx.atoms
+
+
+__all__ = ["analyze_channels", "AnalysisContext", "AtomTable", "ParamDim", "META_KEY", "unknown_op", "operator"]
