@@ -1,0 +1,214 @@
+"""The torch.optim.Optimizer skeleton shared by HSPG, DHSPG and HESSO.
+
+One step is:
+
+1. parameters in no prunable ZIG: the base rule's ``plain_step`` (torch-identical);
+2. prunable parameters, walked once: the base rule's direction u and, when the
+   algorithm needs them this step, the per-row reductions ‖x‖², ⟨x,u⟩, ‖u‖²
+   (computed right after u, while the tensors are still in cache);
+3. the algorithm turns the per-ZIG sums into two per-ZIG vectors F and M and every
+   prunable parameter is updated as ``x <- decay·F·x − lr·M·u`` (F = M = 1 is the
+   plain step; F = M = 0 zeroes a group).
+
+Steps where an algorithm has nothing to do run the plain rule on every parameter,
+so they cost exactly what the base optimizer costs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .base_rules import make_rule, rule_defaults
+from .group_ops import ZigIndex, row_dots, row_sq_norms
+from .validation import check_base, check_space
+
+STATE_KEY = "fxprune"
+
+
+@dataclass
+class GroupStats:
+    """Per-ZIG sums for the current step, float64 on the parameters' device, [num_zigs]."""
+
+    xx: torch.Tensor  # ‖x_g‖²
+    xu: torch.Tensor  # ⟨x_g, u_g⟩
+    uu: torch.Tensor  # ‖u_g‖²
+
+
+@dataclass
+class GroupUpdate:
+    """What a pruning rule asks of the prunable parameters this step ([num_zigs] vectors).
+
+    ``factor`` None means "1 everywhere except where ``keep`` is 0, and those groups are
+    already exactly zero" (holding zeros), which saves one multiply per element.
+    """
+
+    keep: torch.Tensor
+    factor: torch.Tensor | None = None
+
+
+class GroupSparseOptimizer(torch.optim.Optimizer):
+    """Base class: base-rule plumbing, group update, state and introspection."""
+
+    def __init__(self, space, *, variant: str, lr: float, momentum: float, dampening: float,
+                 weight_decay: float, nesterov: bool, betas: tuple[float, float], eps: float):
+        model, layout = check_space(space)
+        check_base(variant, lr, momentum, dampening, weight_decay, nesterov, betas, eps)
+        self.space = space
+        self.variant = variant
+        self.zigs = ZigIndex(layout, model)
+        self.num_zigs = self.zigs.num_zigs
+        self._rule = make_rule(variant)
+        self._prunable_ids = set(self.zigs.slices_of)
+        defaults = rule_defaults(variant, lr, momentum, dampening, weight_decay, nesterov, betas, eps)
+        super().__init__(list(model.parameters()), defaults)
+        self.steps_taken = 0
+        self.held_zero = torch.zeros(self.num_zigs, dtype=torch.bool)  # groups kept at exactly zero
+        self._last_step: dict[str, Any] = {}
+
+    def add_param_group(self, param_group: dict) -> None:
+        if self.param_groups:
+            raise ValueError(
+                f"{type(self).__name__} trains the PruneSpace's model as a single parameter group "
+                "(a ZIG spans several parameters and needs one learning rate); adjust hyper-parameters "
+                "through optimizer.param_groups[0] or an LR scheduler instead."
+            )
+        super().add_param_group(param_group)
+
+    # ----- hooks for the algorithms ---------------------------------------------------
+
+    def _plan(self, step: int) -> str:
+        """'plain' (base rule only), 'update' (group update, no sums) or 'stats' (sums needed)."""
+        raise NotImplementedError
+
+    def _decide(self, step: int, stats: GroupStats | None, lr: float, decay: float) -> GroupUpdate:
+        raise NotImplementedError
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def redundant_zigs(self) -> torch.Tensor:
+        """Bool [num_zigs]: the groups this optimizer has marked to be driven to zero."""
+        return self.held_zero.clone()
+
+    # ----- the step -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.param_groups[0]
+        plan = self._plan(self.steps_taken)
+        if plan == "plain":
+            with_grad = [p for p in group["params"] if p.grad is not None]
+            self._rule.plain_step(with_grad, [p.grad for p in with_grad], [self.state[p] for p in with_grad], group)
+            self._last_step = {"plan": plan}
+        else:
+            plain = [p for p in group["params"] if p.grad is not None and id(p) not in self._prunable_ids]
+            self._rule.plain_step(plain, [p.grad for p in plain], [self.state[p] for p in plain], group)
+            self._group_step(group, need_stats=plan == "stats")
+        self.steps_taken += 1
+        return loss
+
+    def _group_step(self, group: dict, need_stats: bool) -> None:
+        lr, decay = group["lr"], self._rule.decay(group)
+        directions, rows = [], []
+        for p in self.zigs.params:
+            if p.grad is None:
+                u = torch.zeros_like(p)  # no gradient: the group math sees a zero direction
+            else:
+                u = self._rule.direction(p, p.grad, self.state[p], group)
+            directions.append(u)
+            if need_stats:
+                for s in self.zigs.slices_of[id(p)]:
+                    x = p.detach()
+                    rows.append(torch.stack([row_sq_norms(x, s.dim), row_dots(x, u, s.dim), row_sq_norms(u, s.dim)]))
+        stats = None
+        if need_stats and rows:
+            sums = self.zigs.sum_rows(rows, rows[0].device)[:, : self.num_zigs]
+            stats = GroupStats(sums[0], sums[1], sums[2])
+        update = self._decide(self.steps_taken, stats, lr, decay)
+        self._apply(update, directions, lr, decay)
+
+    def _apply(self, update: GroupUpdate, directions: list[torch.Tensor], lr: float, decay: float) -> None:
+        if not self.zigs.params:
+            return
+        device = self.zigs.params[0].device
+        keep_views = self._expand(update.keep, device)
+        factor_views = None if update.factor is None else self._expand(update.factor, device)
+        for p, u in zip(self.zigs.params, directions):
+            slices = self.zigs.slices_of[id(p)]
+            keep = _product([keep_views[s.index] for s in slices]).to(p.dtype)
+            if factor_views is not None:
+                p.mul_((decay * _product([factor_views[s.index] for s in slices])).to(p.dtype))
+            elif decay != 1.0:
+                p.mul_(decay)
+            p.addcmul_(u, keep, value=-lr)
+
+    def _expand(self, per_zig: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+        with_sentinel = torch.ones(self.num_zigs + 1, dtype=torch.float64, device=device)
+        with_sentinel[: self.num_zigs] = per_zig.to(device=device, dtype=torch.float64)
+        return self.zigs.expand(with_sentinel)
+
+    def _hold_zero_update(self) -> GroupUpdate:
+        return GroupUpdate(keep=(~self.held_zero).to(torch.float64))
+
+    # ----- introspection --------------------------------------------------------------
+
+    def zero_zigs(self) -> torch.Tensor:
+        """Bool [num_zigs]: ZIGs whose producer values are all exactly zero right now."""
+        return self.zigs.group_sq_norms() == 0
+
+    def group_sparsity(self) -> float:
+        """Fraction of prunable ZIGs that are exactly zero."""
+        return float(self.zero_zigs().double().mean()) if self.num_zigs else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        """A small summary of the optimizer's progress and of the last step."""
+        return {
+            "step": self.steps_taken,
+            "num_zigs": self.num_zigs,
+            "num_held_zero": int(self.held_zero.sum()),
+            "num_redundant": int(self.redundant_zigs().sum()),
+            "last_step": dict(self._last_step),
+        }
+
+    # ----- state ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        extra = {"num_zigs": self.num_zigs, "steps_taken": self.steps_taken, "held_zero": self.held_zero.clone()}
+        extra.update({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self._extra_state().items()})
+        state[STATE_KEY] = extra
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop(STATE_KEY, None)
+        if extra is None:
+            raise ValueError(
+                f"This state dict has no {STATE_KEY!r} entry, so it was not saved by {type(self).__name__}; "
+                "load a state dict from optimizer.state_dict() of the same optimizer class."
+            )
+        if extra["num_zigs"] != self.num_zigs:
+            raise ValueError(
+                f"The state dict is for a layout with {extra['num_zigs']} ZIGs, this optimizer has {self.num_zigs}; "
+                "resume with the PruneSpace the optimizer was saved with."
+            )
+        super().load_state_dict(state_dict)
+        self.steps_taken = int(extra["steps_taken"])
+        self.held_zero = extra["held_zero"].clone().cpu()
+        self._load_extra_state({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in extra.items()})
+
+
+def _product(tensors: list[torch.Tensor]) -> torch.Tensor:
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = out * t  # an element in ZIGs along two dims: zero if either group is zeroed
+    return out
