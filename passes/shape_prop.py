@@ -1,9 +1,13 @@
-"""Shape propagation on fake tensors: every node gets ``node.meta["val"]`` without real compute.
+"""Shape propagation without real compute: every node gets ``node.meta["val"]``.
 
-Parameters and buffers are swapped for fake copies while a module runs, so nothing
-of the user's model is read for values or written (BN running statistics included).
+First choice: run a twin of the graph module whose parameters and buffers are
+meta-device tensors (no data, no compute; the user's tensors are never read or
+written).  If some op has no meta kernel, fall back to FakeTensorMode, which swaps
+fake copies in per module call (slower, more general).
 """
 from __future__ import annotations
+
+import copy
 
 from typing import Any
 
@@ -49,8 +53,53 @@ class _FakeInterpreter(fx.Interpreter):
         return result
 
 
+# Leaf modules whose output has exactly the input's shape and dtype: no need to run them
+# (BatchNorm on meta tensors goes through a slow Python decomposition).
+_SHAPE_PRESERVING = (
+    torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.ReLU, torch.nn.ReLU6,
+    torch.nn.GELU, torch.nn.SiLU, torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.Sigmoid, torch.nn.Tanh,
+    torch.nn.Dropout, torch.nn.Identity, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.Mish,
+)
+
+
+class _RecordingInterpreter(fx.Interpreter):
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        if (isinstance(module, _SHAPE_PRESERVING) and len(args) == 1 and not kwargs
+                and isinstance(args[0], torch.Tensor) and args[0].ndim >= 2):
+            return torch.empty_like(args[0])
+        return super().call_module(target, args, kwargs)
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        n.meta["val"] = result
+        return result
+
+
+def _meta_twin(gm: fx.GraphModule) -> fx.GraphModule:
+    memo: dict[int, Any] = {}
+    for t in list(gm.parameters()) + list(gm.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = torch.nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
+    return copy.deepcopy(gm, memo)
+
+
+def _propagate_meta(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
+    twin = _meta_twin(gm)
+    meta_inputs = tree_map(lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v, example_inputs)
+    with torch.no_grad():
+        _RecordingInterpreter(twin, garbage_collect_values=False).run(*meta_inputs)
+    for node, twin_node in zip(gm.graph.nodes, twin.graph.nodes):
+        node.meta["val"] = twin_node.meta.get("val")
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
-    """Annotate every node of ``gm`` with a fake value (``node.meta['val']``)."""
+    """Annotate every node of ``gm`` with a shape-only value (``node.meta['val']``)."""
+    try:
+        _propagate_meta(gm, example_inputs)
+        return
+    except Exception:  # an op without a meta kernel, or a bad input: FakeTensorMode says which
+        pass
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     fake_inputs = tree_map(
         lambda v: mode.from_tensor(v, static_shapes=True) if isinstance(v, torch.Tensor) else v, example_inputs

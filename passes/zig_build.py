@@ -8,7 +8,6 @@ stream).
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,27 +82,24 @@ class ZigIndex:
 def build_zigs(table: AtomTable) -> ZigIndex:
     comp = connected_components(table.count, table.edges)
     n_comp = int(comp.max()) + 1 if comp.size else 0
-    reasons: list[str | None] = [None] * n_comp
-    for atoms, reason in table.blocks:
-        for c in np.unique(comp[atoms]):
-            if reasons[c] is None:
-                reasons[c] = reason
+    # the first barrier that touched a component names the reason (later blocks written first)
+    reason_id = np.full(n_comp, -1, dtype=np.int64)
+    reason_texts = [reason for _, reason in table.blocks]
+    for i in range(len(table.blocks) - 1, -1, -1):
+        reason_id[comp[table.blocks[i][0]]] = i
     has_producer = np.zeros(n_comp, dtype=bool)
-    touched: dict[int, list[tuple[str, int]]] = defaultdict(list)
-    for key, pd in table.param_dims.items():
-        cs = comp[pd.atoms]
+    for pd in table.param_dims.values():
         if pd.role == PRODUCER:
-            has_producer[cs] = True
-        for c in np.unique(cs):
-            touched[int(c)].append(key)
-    for c in np.flatnonzero(~has_producer):
-        if reasons[c] is None:
-            reasons[c] = "no parameter produces these channels (only consumers read them)"
-    prunable = np.array([r is None for r in reasons], dtype=bool)
+            has_producer[comp[pd.atoms]] = True
+    no_producer = (~has_producer) & (reason_id < 0)
+    reason_texts.append("no parameter produces these channels (only consumers read them)")
+    reason_id[no_producer] = len(reason_texts) - 1
+    reasons = tuple(reason_texts[r] if r >= 0 else None for r in reason_id)
+    prunable = reason_id < 0
     prunable_id = np.full(n_comp, -1, dtype=np.int64)
     prunable_id[prunable] = np.arange(int(prunable.sum()))
 
-    groups = _group_zigs(table, comp, n_comp, touched, reasons)
+    groups = _group_zigs(table, comp, n_comp, reason_id, reasons)
     zig_group = np.zeros(int(prunable.sum()), dtype=np.int64)
     for g in groups:
         ids = prunable_id[list(g.zigs)]
@@ -114,26 +110,54 @@ def build_zigs(table: AtomTable) -> ZigIndex:
         if (zig >= 0).any():
             maps.append(SliceMap(name, dim, torch.from_numpy(zig.copy()), pd.role))
     layout = ZigLayout(int(prunable.sum()), tuple(maps), torch.from_numpy(zig_group))
-    return ZigIndex(comp, n_comp, prunable, tuple(reasons), prunable_id, tuple(groups), layout)
+    return ZigIndex(comp, n_comp, prunable, reasons, prunable_id, tuple(groups), layout)
 
 
-def _group_zigs(table, comp, n_comp, touched, reasons) -> list[Group]:
-    by_signature: dict[tuple, list[int]] = defaultdict(list)
-    for c in range(n_comp):
-        by_signature[(tuple(sorted(touched.get(c, ()))), reasons[c])].append(c)
-    key_order = {key: i for i, key in enumerate(table.param_dims)}  # creation order = graph order
-    by_signature = {(tuple(sorted(keys, key=key_order.__getitem__)), r): z for (keys, r), z in by_signature.items()}
-    order = sorted(by_signature.items(), key=lambda kv: min(kv[1]))  # stable: graph order of first atom
+def _distinct(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (np.unique's hashing path is slow for many small arrays)."""
+    s = np.sort(a)
+    return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
+
+
+def _group_zigs(table: AtomTable, comp: np.ndarray, n_comp: int, reason_id: np.ndarray, reasons) -> list[Group]:
+    """Cluster components by (the set of parameter dims they touch, their reason), vectorised.
+
+    A component's signature is a sum of random 64-bit keys, one per distinct parameter
+    dimension it touches: equal sets give equal sums, different sets collide with
+    probability ~2^-64.
+    """
+    rng = np.random.default_rng(0)
+    keys = list(table.param_dims)
+    key_hash = rng.integers(0, 2**63 - 1, size=len(keys), dtype=np.int64).astype(np.uint64)
+    pair_comp = np.concatenate([comp[table.param_dims[k].atoms] for k in keys]) if keys else np.zeros(0, np.int64)
+    pair_key = np.concatenate([np.full(table.param_dims[k].atoms.size, i) for i, k in enumerate(keys)]) \
+        if keys else np.zeros(0, np.int64)
+    pairs = _distinct(pair_comp * max(len(keys), 1) + pair_key)
+    signature = np.zeros(n_comp, dtype=np.uint64)
+    np.add.at(signature, pairs // max(len(keys), 1), key_hash[pairs % max(len(keys), 1)])
+    table_sig = np.stack([signature.view(np.int64), reason_id])
+    _, first, group_of = np.unique(table_sig, axis=1, return_index=True, return_inverse=True)
+    group_of = group_of.ravel()
+    order = np.argsort(first, kind="stable")  # number groups in order of their first component
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    group_of = rank[group_of]
+    n_groups = order.size
+    members = [[] for _ in range(n_groups)]
+    for c, g in enumerate(group_of.tolist()):
+        members[g].append(c)
+    slices: list[list[ParamSlice]] = [[] for _ in range(n_groups)]
+    for key in keys:  # creation order = graph order
+        pd = table.param_dims[key]
+        grp = group_of[comp[pd.atoms]]
+        distinct = [int(grp[0])] if (grp == grp[0]).all() else _distinct(grp).tolist()
+        for g in distinct:
+            idx = np.flatnonzero(grp == g)
+            slices[g].append(ParamSlice(pd.name, pd.dim, tuple(idx.tolist()), pd.role))
     groups = []
-    for gid, ((keys, reason), zigs) in enumerate(order):
-        zig_set = np.zeros(n_comp, dtype=bool)
-        zig_set[zigs] = True
-        slices = []
-        for key in keys:
-            pd = table.param_dims[key]
-            idx = np.flatnonzero(zig_set[comp[pd.atoms]])
-            slices.append(ParamSlice(pd.name, pd.dim, tuple(int(i) for i in idx), pd.role))
-        producers = [s for s in slices if s.role == PRODUCER] or slices
-        name = f"{producers[0].name}[dim {producers[0].dim}]" if producers else f"group {gid}"
-        groups.append(Group(gid, name, tuple(zigs), tuple(slices), reason is None, reason))
+    for g in range(n_groups):
+        producers = [s for s in slices[g] if s.role == PRODUCER] or slices[g]
+        name = f"{producers[0].name}[dim {producers[0].dim}]" if producers else f"group {g}"
+        reason = reasons[members[g][0]]
+        groups.append(Group(g, name, tuple(members[g]), tuple(slices[g]), reason is None, reason))
     return groups
