@@ -31,15 +31,16 @@ def _unit(score: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_to_origin(xx, xd, dd) -> torch.Tensor:
-    """cos(x_g, −d_g): 1 when the descent step points straight at zero."""
+    """cos(−d_g, −x_g) = ⟨x,d⟩/(‖x‖‖d‖): 1 when the descent step −d points straight at zero."""
     denom = (xx.sqrt() * dd.sqrt()).clamp_min(torch.finfo(xx.dtype).tiny)
-    return torch.where((xx > 0) & (dd > 0), -xd / denom, torch.zeros_like(xx))
+    return torch.where((xx > 0) & (dd > 0), xd / denom, torch.zeros_like(xx))
 
 
 def dhspg_redundancy(xx, xd, dd, group_sizes) -> torch.Tensor:
     """OTOv2 saliency: mean of the normalised cosine and the normalised inverse magnitude.
 
-    Higher means more redundant.  The cosine term (1 + cos(x, −d))/2 is in [0, 1];
+    Higher means more redundant.  The cosine term (1 + cos(−d, −x))/2 is in [0, 1]
+    and is 1 when the descent step heads straight for zero;
     the magnitude term is 1 − m_g/max m with m_g = ‖x_g‖/|g|.
     """
     cos_term = 0.5 * (1.0 + cosine_to_origin(xx, xd, dd))
@@ -55,8 +56,8 @@ def hesso_importance(xx, xd, dd, group_sizes, weights: dict[str, float]) -> torc
 
     Taylor terms use the search direction d in place of the gradient: first order
     |⟨x, d⟩|, second order ½⟨x, d⟩² (empirical-Fisher d dᵀ restricted to the group).
-    The cosine criterion is (1 − cos(x, −d))/2: a step that points at zero makes a
-    group less important.
+    The cosine criterion is (1 − cos(−d, −x))/2: a descent step that heads for zero
+    makes a group less important.
     """
     terms = {
         "magnitude": _unit(xx.sqrt()),
