@@ -27,7 +27,8 @@ from .group_sparse_optimizer import GroupSparseOptimizer, GroupStats, GroupUpdat
 from .half_space import adaptive_lambda, direction_stats, leaves_half_space, penalty_factor
 from .partition import broadcast_from_rank0, dhspg_redundancy, max_prunable, select_redundant, target_count
 from .schedule import PruningSchedule
-from .validation import check_epsilon, check_real, check_schedule, check_sparsity, check_width_multiple
+from .validation import (check_capacity, check_epsilon, check_real, check_schedule, check_sparsity,
+                         check_width_multiple)
 
 # Reference defaults per base rule: (lmbda, lmbda_amplify, hat_lmbda_coeff).
 PENALTY_DEFAULTS = {"sgd": (1e-3, 2.0, 10.0), "adam": (1e-2, 20.0, 1e3), "adamw": (1e-2, 20.0, 1e3)}
@@ -65,13 +66,7 @@ class DHSPG(GroupSparseOptimizer):
         self.schedule = PruningSchedule(start_pruning_step, pruning_steps, pruning_periods)
         self.target_zero_count = target_count(target_group_sparsity, self.num_zigs)
         limit = max_prunable(self.zigs.zig_group, width_multiple)
-        if self.target_zero_count > limit:
-            raise ValueError(
-                f"target_group_sparsity={target_group_sparsity} asks for {self.target_zero_count} zero ZIGs, but every "
-                f"layer must keep {'a positive multiple of ' + str(width_multiple) if width_multiple else 'at least one'} "
-                f"channel(s), which allows at most {limit} of {self.num_zigs}; lower the target"
-                + (" or width_multiple." if width_multiple else ".")
-            )
+        check_capacity(target_group_sparsity, self.target_zero_count, limit, self.num_zigs, width_multiple)
         # Period in which each ZIG was marked redundant (-1: never): the G_p partition.
         self.marked_period = torch.full((self.num_zigs,), -1, dtype=torch.int64)
 

@@ -20,7 +20,7 @@ from .half_space import direction_stats
 from .partition import (HESSO_CRITERIA, broadcast_from_rank0, hesso_importance, max_prunable, select_redundant,
                         target_count)
 from .schedule import PruningSchedule
-from .validation import check_real, check_schedule, check_sparsity, check_width_multiple
+from .validation import check_capacity, check_real, check_schedule, check_sparsity, check_width_multiple
 
 DEFAULT_IMPORTANCE = {name: 0.2 for name in HESSO_CRITERIA}
 
@@ -53,12 +53,7 @@ class HESSO(GroupSparseOptimizer):
         self.schedule = PruningSchedule(start_pruning_step, pruning_steps, pruning_periods)
         self.target_zero_count = target_count(target_group_sparsity, self.num_zigs)
         limit = max_prunable(self.zigs.zig_group, width_multiple)
-        if self.target_zero_count > limit:
-            raise ValueError(
-                f"target_group_sparsity={target_group_sparsity} asks for {self.target_zero_count} zero ZIGs but the "
-                f"width rule allows at most {limit} of {self.num_zigs}; lower the target"
-                + (" or width_multiple." if width_multiple else ".")
-            )
+        check_capacity(target_group_sparsity, self.target_zero_count, limit, self.num_zigs, width_multiple)
         self.marked_period = torch.full((self.num_zigs,), -1, dtype=torch.int64)
 
     def _plan(self, step: int) -> str:

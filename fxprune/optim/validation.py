@@ -120,3 +120,13 @@ def check_layout(layout: ZigLayout, model: nn.Module) -> None:
         orphans = (~covered).nonzero().squeeze(1)[:5].tolist()
         _fail("every ZIG needs at least one producer slice; these have none", orphans,
               "A ZIG without producer values can never be trained to zero; drop it from the layout.")
+
+
+def check_capacity(target: float, wanted: int, limit: int, num_zigs: int, width_multiple: int | None) -> None:
+    if wanted > limit:
+        keep = f"a positive multiple of {width_multiple}" if width_multiple else "at least one"
+        raise ValueError(
+            f"target_group_sparsity={target} asks for {wanted} zero ZIGs, but every layer must keep {keep} "
+            f"channel(s), which allows at most {limit} of {num_zigs}; lower the target"
+            + (" or width_multiple." if width_multiple else ".")
+        )
