@@ -164,9 +164,23 @@ class PruneSpace:
         removed = self.removable_zigs()
         compact = build_compact(self.graph_module, self._table, self._zigs.atom_zig, removed,
                                 type(self.model).__name__ + "Pruned")
+        self._check_runs(compact)
         if verify:
             self.verify(compact, rtol=rtol)
         return compact
+
+    def _check_runs(self, compact: fx.GraphModule) -> None:
+        """Always-on structural check: the compact graph runs on meta tensors of the example shapes."""
+        try:
+            propagate_shapes(compact, self.example_inputs)
+        except Exception as exc:
+            raise VerificationError(
+                f"the constructed subnet does not run on inputs shaped like the example inputs: {exc}; "
+                "please report this model"
+            ) from exc
+        finally:
+            for node in compact.graph.nodes:
+                node.meta.pop("val", None)
 
     def verify(self, compact: nn.Module, rtol: float = 1e-4, inputs: tuple[Any, ...] | None = None) -> float:
         """Max abs difference between the dense model and ``compact``; raises if above tolerance."""

@@ -79,9 +79,11 @@ class AnalysisContext:
         if isinstance(arg, fx.Node):
             return self.env.get(arg)
         if isinstance(arg, (list, tuple)):
-            return type(arg)(self.value(a) for a in arg) if not hasattr(arg, "_fields") else tuple(
-                self.value(a) for a in arg
-            )
+            return tuple(self.value(a) for a in arg) if isinstance(arg, tuple) else [self.value(a) for a in arg]
+        if isinstance(arg, dict):
+            return {k: self.value(v) for k, v in arg.items()}
+        if isinstance(arg, slice):
+            return tuple(self.value(a) for a in (arg.start, arg.stop, arg.step))
         return arg
 
     def labels(self, arg: Any) -> TensorLabels | None:

@@ -62,13 +62,41 @@ _SHAPE_PRESERVING = (
 )
 
 
+def _run_for_real(fn, args, kwargs):
+    """Run ``fn`` on zero tensors shaped like the meta arguments; return meta results."""
+    def to_real(v):
+        if isinstance(v, torch.Tensor) and v.device.type == "meta":
+            return torch.zeros(v.shape, dtype=v.dtype)
+        return v
+
+    def to_meta(v):
+        return v.to("meta") if isinstance(v, torch.Tensor) else v
+
+    with torch.no_grad():
+        out = fn(*tree_map(to_real, args), **tree_map(to_real, kwargs))
+    return tree_map(to_meta, out)
+
+
 class _RecordingInterpreter(fx.Interpreter):
+    def __init__(self, twin: fx.GraphModule, original: fx.GraphModule):
+        super().__init__(twin, garbage_collect_values=False)
+        self.original = original
+
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
         if (isinstance(module, _SHAPE_PRESERVING) and len(args) == 1 and not kwargs
                 and isinstance(args[0], torch.Tensor) and args[0].ndim >= 2):
             return torch.empty_like(args[0])
-        return super().call_module(target, args, kwargs)
+        try:
+            return super().call_module(target, args, kwargs)
+        except Exception:  # e.g. a user leaf module that branches on values: run a copy for real
+            return _run_for_real(copy.deepcopy(self.original.get_submodule(target)), args, kwargs)
+
+    def call_function(self, target, args, kwargs):
+        try:
+            return super().call_function(target, args, kwargs)
+        except Exception:  # an fx.wrap-ed function that reads values
+            return _run_for_real(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
@@ -88,7 +116,7 @@ def _propagate_meta(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None
     twin = _meta_twin(gm)
     meta_inputs = tree_map(lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v, example_inputs)
     with torch.no_grad():
-        _RecordingInterpreter(twin, garbage_collect_values=False).run(*meta_inputs)
+        _RecordingInterpreter(twin, gm).run(*meta_inputs)
     for node, twin_node in zip(gm.graph.nodes, twin.graph.nodes):
         node.meta["val"] = twin_node.meta.get("val")
 
@@ -106,3 +134,4 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
     )
     with mode, torch.no_grad():
         _FakeInterpreter(gm, mode).run(*fake_inputs)
+

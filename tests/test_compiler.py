@@ -1,0 +1,211 @@
+"""The compiler's contract on small hand-made models: errors, barriers, empty solution, no mutation."""
+import pytest
+import torch
+import torch.fx as fx
+import torchvision
+from torch import nn
+
+import fxprune
+from fxprune.metrics import count_flops, count_params
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.conv3 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = y + torch.relu(self.bn2(self.conv2(y)))  # residual: conv1/bn1 and conv2/bn2 couple
+        y = torch.relu(self.conv3(y))
+        return self.fc(torch.flatten(y, 1))  # conv -> flatten -> linear
+
+
+def _randomise_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
+def test_groups_of_small_cnn():
+    model = _randomise_bn(SmallCNN()).eval()
+    space = fxprune.trace(model, torch.randn(1, 3, 8, 8))
+    prunable = {g.name: g.channels for g in space.groups if g.prunable}
+    # residual stream (conv1, bn1, conv2, bn2 tied) and conv3 -> flatten -> fc
+    assert prunable == {"conv1.weight[dim 0]": 16, "conv3.weight[dim 0]": 32}
+    fc = next(g for g in space.groups if g.name == "fc.weight[dim 0]")
+    assert not fc.prunable and "output" in fc.reason
+    conv3 = next(g for g in space.groups if g.name == "conv3.weight[dim 0]")
+    fc_cols = next(s for s in conv3.slices if s.name == "fc.weight")
+    assert fc_cols.dim == 1 and len(fc_cols.indices) == 32 * 16  # one channel = a run of 4x4 features
+
+
+def test_zero_invariance_and_smaller_model():
+    model = _randomise_bn(SmallCNN()).eval()
+    x = torch.randn(4, 3, 8, 8)
+    space = fxprune.trace(model, x)
+    zeroed = space.zero_random_groups(0.5, seed=3)
+    assert zeroed.numel() == space.num_zigs // 2
+    assert int(space.zero_zigs().sum()) == zeroed.numel()
+    small = space.construct_subnet(verify=True)
+    assert isinstance(small, fx.GraphModule)
+    torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
+    assert count_params(small) < count_params(model)
+    assert count_flops(small, x) < count_flops(model, x)
+    assert small.conv3.out_channels == 32 - int(space.zero_zigs()[16:].sum())  # ZIG ids follow graph order
+
+
+def test_empty_solution_keeps_everything():
+    model = _randomise_bn(SmallCNN()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    small = fxprune.trace(model, x).construct_subnet()
+    assert count_params(small) == count_params(model)
+    torch.testing.assert_close(small(x), model(x))
+
+
+def test_trace_and_construct_never_mutate_the_model():
+    model = SmallCNN().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    space = fxprune.trace(model, torch.randn(2, 3, 8, 8))
+    space.construct_subnet()
+    assert model.training and all(m.training for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BN running stats untouched by analysis
+
+
+def test_verify_catches_a_wrong_subnet():
+    model = _randomise_bn(SmallCNN()).eval()
+    space = fxprune.trace(model, torch.randn(1, 3, 8, 8))
+    space.zero_random_groups(0.25, seed=0)
+    small = space.construct_subnet()
+    with torch.no_grad():
+        small.conv3.bias.add_(1.0)  # break it on purpose
+    with pytest.raises(fxprune.VerificationError, match="differs"):
+        space.verify(small)
+
+
+def test_rescue_keeps_a_layer_from_vanishing():
+    model = _randomise_bn(SmallCNN()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    space = fxprune.trace(model, x)
+    space.zero_random_groups(1.0)  # every prunable ZIG zero: layers keep one (zero) channel
+    small = space.construct_subnet(verify=True)
+    assert small.conv1.out_channels == 1 and small.conv3.out_channels == 1
+    torch.testing.assert_close(small(x), model(x))
+
+
+@fx.wrap
+def mystery_op(x):
+    return x.flip(1) * 2  # mixes channels in a way no rule describes
+
+
+class WithUnknownOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = mystery_op(self.b(y))
+        return self.head(torch.relu(self.c(y)))
+
+
+def test_unknown_op_is_a_barrier_that_names_the_op():
+    model = WithUnknownOp().eval()
+    x = torch.randn(1, 3, 4, 4)
+    space = fxprune.trace(model, x)
+    by_name = {g.name: g for g in space.groups}
+    assert not by_name["b.weight[dim 0]"].prunable
+    assert "mystery_op" in by_name["b.weight[dim 0]"].reason
+    assert by_name["a.weight[dim 0]"].prunable and by_name["c.weight[dim 0]"].prunable
+    space.zero_random_groups(0.5, seed=0)
+    small = space.construct_subnet(verify=True)
+    torch.testing.assert_close(small(x), model(x))
+    assert small.b.out_channels == 8
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on values: FX cannot trace it
+            return self.conv(x)
+        return -self.conv(x)
+
+
+def test_untraceable_model_raises_trace_error_naming_the_code():
+    with pytest.raises(fxprune.TraceError, match=r"x.sum\(\) > 0[\s\S]*leaf_modules"):
+        fxprune.trace(DataDependent(), torch.randn(1, 3, 4, 4))
+
+
+def test_leaf_module_makes_it_traceable_and_unprunable():
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 3, 1)
+            self.inner = DataDependent()
+            self.conv = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.conv(self.inner(self.stem(x)))
+
+    space = fxprune.trace(Wrapper(), torch.randn(1, 3, 4, 4), leaf_modules=[DataDependent])
+    assert space.num_zigs == 0
+    stem = next(g for g in space.groups if g.name == "stem.weight[dim 0]")
+    assert "'inner' (DataDependent)" in stem.reason
+    assert not any(s.name.startswith("inner.") for g in space.groups for s in g.slices)
+
+
+def test_wrong_inputs_get_clear_errors():
+    model = SmallCNN()
+    with pytest.raises(fxprune.InputError, match="conv1"):
+        fxprune.trace(model, torch.randn(1, 5, 8, 8))  # 5 channels into a 3-channel conv
+    with pytest.raises(fxprune.InputError, match="tensor or a tuple"):
+        fxprune.trace(model, "not a tensor")
+    with pytest.raises(fxprune.InputError, match="takes 1 inputs"):
+        fxprune.trace(model, (torch.randn(1, 3, 8, 8), torch.randn(1)))
+    with pytest.raises(TypeError, match="nn.Module"):
+        fxprune.trace(lambda x: x, torch.randn(1))
+
+
+def test_summary_is_a_table_with_reasons():
+    space = fxprune.trace(torchvision.models.resnet18().eval(), torch.randn(1, 3, 32, 32))
+    text = space.summary()
+    assert "prunable" in text and "why not" in text
+    assert "fc.weight[dim 0]" in text and "output interface" in text
+
+
+def test_resnet_every_conv_output_is_prunable():
+    model = torchvision.models.resnet18().eval()
+    space = fxprune.trace(model, torch.randn(1, 3, 32, 32))
+    covered = {s.name for g in space.groups if g.prunable for s in g.slices if s.role == "producer" and s.dim == 0}
+    convs = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert convs <= covered
+    assert "fc.weight" not in covered
+
+
+def test_subnet_saves_without_user_classes(tmp_path):
+    model = _randomise_bn(SmallCNN()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    space = fxprune.trace(model, x)
+    space.zero_random_groups(0.5, seed=1)
+    small = space.construct_subnet()
+    path = tmp_path / "small.pt2"
+    torch.save(small.state_dict(), tmp_path / "sd.pt")
+    code = small.code
+    assert "SmallCNN" not in code
+    assert all(type(m).__module__.startswith("torch.") for m in small.modules() if m is not small)
+    del path
