@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from .base_rules import make_rule, rule_defaults
-from .group_ops import ZigIndex, row_dots, row_sq_norms
+from .group_ops import Scratch, ZigIndex, row_dots, row_sq_norms
 from .validation import check_base, check_space
 
 STATE_KEY = "fxprune"
@@ -66,6 +66,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self.steps_taken = 0
         self.held_zero = torch.zeros(self.num_zigs, dtype=torch.bool)  # groups kept at exactly zero
         self._last_step: dict[str, Any] = {}
+        self._scratch = Scratch()
 
     def add_param_group(self, param_group: dict) -> None:
         if self.param_groups:
@@ -126,9 +127,11 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
                 u = self._rule.direction(p, p.grad, self.state[p], group)
             directions.append(u)
             if need_stats:
+                x = p.detach()
+                scratch = self._scratch.get(x)
                 for s in self.zigs.slices_of[id(p)]:
-                    x = p.detach()
-                    rows.append(torch.stack([row_sq_norms(x, s.dim), row_dots(x, u, s.dim), row_sq_norms(u, s.dim)]))
+                    rows.append(torch.stack([row_sq_norms(x, s.dim), row_dots(x, u, s.dim, scratch),
+                                             row_sq_norms(u, s.dim)]))
         stats = None
         if need_stats and rows:
             sums = self.zigs.sum_rows(rows, rows[0].device)[:, : self.num_zigs]
