@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -21,6 +23,7 @@ import torchvision
 from tabulate import tabulate
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # lets a plain checkout run it uninstalled
 from fxprune.layout import PRODUCER, SliceMap, ZigLayout
 from fxprune.optim import DHSPG, HSPG
 from fxprune.optim.manual_layout import stand_in_space

@@ -13,3 +13,8 @@ __all__ = [
     "trace", "PruneSpace", "TraceError", "InputError", "VerificationError", "FxpruneError", "ZigLayout", "SliceMap",
     "register_module_rule", "register_function_rule",
 ]
+
+# The group-sparse optimizers that train a PruneSpace's model (fxprune.optim).
+from .optim import DHSPG, HESSO, HSPG  # noqa: E402
+
+__all__ += ["DHSPG", "HESSO", "HSPG"]

@@ -92,3 +92,17 @@ def test_everything_follows_torch_before_pruning(case):
     run(ref_model, ref, 10)
     for (name, a), (_, b) in zip(ours_model.named_parameters(), ref_model.named_parameters()):
         torch.testing.assert_close(a, b, **TOL, msg=name)
+
+
+def test_a_layout_without_zigs_is_plain_training():
+    torch.manual_seed(0)
+    ours_model, ref_model = Net(), Net()
+    ref_model.load_state_dict(ours_model.state_dict())
+    empty = SimpleNamespace(model=ours_model, layout=ZigLayout(0, (), torch.zeros(0, dtype=torch.int64)))
+    ours = DHSPG(empty, lr=0.05, momentum=0.9, target_group_sparsity=0.5, start_pruning_step=0, pruning_steps=3)
+    ref = torch.optim.SGD(ref_model.parameters(), lr=0.05, momentum=0.9)
+    run(ours_model, ours, 5)
+    run(ref_model, ref, 5)
+    for (name, a), (_, b) in zip(ours_model.named_parameters(), ref_model.named_parameters()):
+        torch.testing.assert_close(a, b, **TOL, msg=name)
+    assert ours.group_sparsity() == 0.0

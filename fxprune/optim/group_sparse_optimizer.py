@@ -105,7 +105,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         group = self.param_groups[0]
-        plan = self._plan(self.steps_taken)
+        # With no prunable parameters there is nothing to decide: the base rule is the whole step.
+        plan = self._plan(self.steps_taken) if self.zigs.params else "plain"
         if plan == "plain":
             with_grad = [p for p in group["params"] if p.grad is not None]
             self._rule.plain_step(with_grad, [p.grad for p in with_grad], [self.state[p] for p in with_grad], group)
