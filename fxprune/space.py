@@ -71,6 +71,17 @@ class PruneSpace:
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
 
+    def reasons_for(self, name: str, dim: int = 0) -> list[str | None]:
+        """Per index along ``dim`` of parameter ``name``: None if in a prunable ZIG, else why not."""
+        pd = self._table.param_dims.get((name, dim))
+        if pd is None:
+            try:
+                size = int(self._tensor(name).shape[dim])
+            except AttributeError:
+                return []  # not used by the traced forward (e.g. aux heads in eval mode)
+            return ["not coupled to any channel (no rule gave this dimension a meaning)"] * size
+        return [self._zigs.reasons[c] for c in self._zigs.atom_zig[pd.atoms]]
+
     def summary(self, max_rows: int | None = None) -> str:
         zero = self.zero_zigs().numpy()
         rows = []

@@ -64,6 +64,37 @@ class ZeroInvarianceResult:
         return self.max_abs_diff <= self.tolerance
 
 
+# Families whose every conv/linear output channel (but the logits) must be prunable
+FULL_COVERAGE_FAMILIES = ("resnet", "resnext", "wide_resnet", "vgg", "alexnet", "densenet", "googlenet",
+                          "inception", "mobilenet", "mnasnet", "efficientnet", "regnet", "shufflenet", "squeezenet")
+OUTPUT_REASON = "network output"
+
+
+def unprunable_layer_outputs(space, model: nn.Module) -> dict[str, str]:
+    """Conv/linear layers with an output channel outside every prunable ZIG (not the logits), and why."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            reasons = [r for r in space.reasons_for(f"{name}.weight", 0) if r is not None and OUTPUT_REASON not in r]
+            if reasons:
+                out[name] = reasons[0]
+    return out
+
+
+def prunable_weight_fraction(space, model: nn.Module) -> float:
+    """Share of conv/linear weight elements that some prunable ZIG can remove (by output or input channel)."""
+    total = covered = 0
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            w = m.weight
+            per_row = w[0].numel()
+            rows = sum(r is None for r in space.reasons_for(f"{name}.weight", 0))
+            cols = sum(r is None for r in space.reasons_for(f"{name}.weight", 1)) if w.ndim > 1 else 0
+            total += w.numel()
+            covered += rows * per_row + (w.shape[0] - rows) * cols * (per_row // max(w.shape[1], 1))
+    return covered / max(total, 1)
+
+
 def check_zero_invariance(model: nn.Module, x: torch.Tensor, fraction: float = 0.5, seed: int = 0):
     """Trace, zero ``fraction`` of the prunable ZIGs in ``model``, construct, compare every output.
 

@@ -87,31 +87,25 @@ def rescue_empty_dims(gm: fx.GraphModule, table: AtomTable, atom_zig: np.ndarray
     return removed_zig
 
 
-def _copy_root(gm: fx.GraphModule) -> nn.Module:
+def _copy_root(gm: fx.GraphModule, replacements: dict[int, torch.Tensor]) -> nn.Module:
+    """Deep-copy every module of ``gm``; tensors in ``replacements`` (by id) are swapped, not copied."""
+    memo: dict[int, Any] = {}
+    for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False)):
+        if id(t) in replacements:
+            new = replacements[id(t)]
+            memo[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else new
     root = nn.Module()
     for name, child in gm.named_children():
-        root.add_module(name, copy.deepcopy(child))
+        root.add_module(name, copy.deepcopy(child, memo))
     for name, p in gm.named_parameters(recurse=False):
-        root.register_parameter(name, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+        root.register_parameter(name, copy.deepcopy(p, memo))
     for name, b in gm.named_buffers(recurse=False):
-        root.register_buffer(name, b.detach().clone())
+        root.register_buffer(name, copy.deepcopy(b, memo))
     for node in gm.graph.nodes:  # tensor constants FX stores as plain attributes
         if node.op == "get_attr" and "." not in node.target and not hasattr(root, node.target):
             value = getattr(gm, node.target)
             setattr(root, node.target, value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value))
     return root
-
-
-def _set_tensor(root: nn.Module, name: str, value: torch.Tensor) -> None:
-    owner_name, _, attr = name.rpartition(".")
-    owner = root.get_submodule(owner_name) if owner_name else root
-    old = getattr(owner, attr)
-    if isinstance(old, nn.Parameter):
-        setattr(owner, attr, nn.Parameter(value, requires_grad=old.requires_grad))
-    elif attr in getattr(owner, "_buffers", {}):
-        owner._buffers[attr] = value
-    else:
-        setattr(owner, attr, value)
 
 
 def _get_tensor(root: nn.Module, name: str) -> torch.Tensor:
@@ -121,18 +115,22 @@ def _get_tensor(root: nn.Module, name: str) -> torch.Tensor:
     return obj
 
 
-def slice_parameters(root: nn.Module, table: AtomTable, removed_atom: np.ndarray) -> None:
+def sliced_tensors(gm: fx.GraphModule, table: AtomTable, removed_atom: np.ndarray) -> dict[int, torch.Tensor]:
+    """New tensors (keyed by the id of the old one) for every parameter/buffer that loses channels."""
     keeps: dict[str, dict[int, np.ndarray]] = {}
     for (name, dim), pd in table.param_dims.items():
         removed = removed_atom[pd.atoms]
         if removed.any():
             keeps.setdefault(name, {})[dim] = np.flatnonzero(~removed)
+    out = {}
     with torch.no_grad():
         for name, dims in keeps.items():
-            t = _get_tensor(root, name).detach()
+            old = _get_tensor(gm, name)
+            t = old.detach()
             for dim, keep in dims.items():
                 t = t.index_select(dim, torch.as_tensor(keep, device=t.device))
-            _set_tensor(root, name, t.clone())
+            out[id(old)] = t.clone()
+    return out
 
 
 _PURE_TARGETS = {operator.getitem, getattr, operator.add, operator.sub, operator.mul, operator.floordiv,
@@ -155,13 +153,12 @@ def build_compact(
 ) -> fx.GraphModule:
     """A new GraphModule computing ``gm`` without the ZIGs in ``removed_zig`` (bool per ZIG)."""
     removed_atom = removed_zig[atom_zig] if atom_zig.size else np.zeros(0, dtype=bool)
-    root = _copy_root(gm)
+    root = _copy_root(gm, sliced_tensors(gm, table, removed_atom) if removed_atom.any() else {})
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in gm.graph.nodes:
         env[node] = graph.node_copy(node, lambda n: env[n])
     if removed_atom.any():
-        slice_parameters(root, table, removed_atom)
         rw = RewriteContext(root, removed_atom)
         for old, new in env.items():
             if old.op in ("call_module", "call_function", "call_method"):

@@ -27,6 +27,8 @@ def test_zoo_model_prunes_exactly(name):
     assert result.zeroed == int(0.5 * result.zigs)
     assert result.exact, f"{name}: max|diff| {result.max_abs_diff:.3g} > {result.tolerance:.3g}"
     assert result.params_compact < result.params_dense
+    if name.startswith(zoo.FULL_COVERAGE_FAMILIES):
+        assert zoo.unprunable_layer_outputs(space, model) == {}
     # only the zeroing touched the model: every tensor that changed is now zero where it changed
     for k, v in model.state_dict().items():
         changed = before[k] != v
