@@ -27,6 +27,8 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 class DimLabel:
     atoms: np.ndarray  # int64 [size]: atom id per index, -1 where no channel
     nonzero: np.ndarray  # int64 [size]: 0 if zero when its ZIG is zeroed, else code of the culprit node + 1
+    # False once batch/spatial dims were merged in (e.g. flatten): the size then depends on the input
+    static: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "atoms", _frozen(np.asarray(self.atoms, dtype=np.int64)))
@@ -42,10 +44,10 @@ class DimLabel:
 
     def with_nonzero(self, nonzero: np.ndarray | int) -> "DimLabel":
         nz = np.broadcast_to(np.asarray(nonzero, dtype=np.int64), self.atoms.shape)
-        return DimLabel(self.atoms, nz)
+        return DimLabel(self.atoms, nz, self.static)
 
     def take(self, index: np.ndarray) -> "DimLabel":
-        return DimLabel(self.atoms[index], self.nonzero[index])
+        return DimLabel(self.atoms[index], self.nonzero[index], self.static)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class SizeTaint:
     """
 
     atoms: np.ndarray
+    pure: bool = True  # computed from channel counts and constants only (no batch or spatial size)
 
     def __post_init__(self):
         object.__setattr__(self, "atoms", _frozen(np.asarray(self.atoms, dtype=np.int64)))

@@ -102,9 +102,14 @@ def _prelu(ctx, node):
 
 def _taint(ctx, node) -> SizeTaint | None:
     """Arithmetic on Python numbers: track whether they derive from channel counts."""
-    parts = [v.atoms for v in (ctx.value(a) for a in list(node.args) + list(node.kwargs.values()))
-             if isinstance(v, SizeTaint)]
-    return SizeTaint(np.concatenate(parts)) if parts else None
+    args = list(node.args) + list(node.kwargs.values())
+    values = [ctx.value(a) for a in args]
+    parts = [v.atoms for v in values if isinstance(v, SizeTaint)]
+    if not parts:
+        return None
+    # any run-time number that is not a channel count (batch, spatial size) makes the result input-dependent
+    pure = all(v.pure if isinstance(v, SizeTaint) else not isinstance(a, torch.fx.Node) for a, v in zip(args, values))
+    return SizeTaint(np.concatenate(parts), pure)
 
 
 def _binary(mode):

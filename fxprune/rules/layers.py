@@ -16,18 +16,29 @@ from torch import nn
 from fxprune.labels import DimLabel, TensorLabels
 from fxprune.layout import CONSUMER, PRODUCER
 
-from .common import require_zero
+from .common import block_dims, require_zero
 from .registry import RULES
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _out_labels(x: TensorLabels | None, out_shape, channel_dim: int, out_label: DimLabel) -> TensorLabels:
+def _out_labels(ctx, node, x: TensorLabels | None, out_shape, channel_dim: int, out_label: DimLabel,
+                has_bias: bool) -> TensorLabels:
     dims = [None] * len(out_shape)
-    if x is not None and channel_dim == 1 and x.dims[0] is not None and x.shape[0] == out_shape[0]:
-        dims[0] = x.dims[0]  # a leading batch-like dim passes through
+    if x is not None:
+        # the kernel mixes spatial positions: channels laid out along them cannot be removed
+        block_dims(ctx, x, range(channel_dim + 1, x.ndim), f"{ctx.describe(node)} convolves over these channels")
+        if channel_dim == 1 and x.dims[0] is not None and x.shape[0] == out_shape[0]:
+            dims[0] = _through(ctx, node, x.dims[0], has_bias)  # channels folded into the batch dim
     dims[channel_dim] = out_label
     return TensorLabels(tuple(out_shape), tuple(dims))
+
+
+def _through(ctx, node, lab: DimLabel | None, has_bias: bool) -> DimLabel | None:
+    """A channel dim the layer maps row by row: a zero row stays zero only without a bias."""
+    if lab is None or not has_bias:
+        return lab
+    return lab.with_nonzero(ctx.code(node))
 
 
 def _conv(ctx, node):
@@ -56,7 +67,7 @@ def _conv(ctx, node):
                 ctx.atoms.block(in_lab.atoms, reason)
         else:
             ctx.atoms.unify(in_lab.atoms, np.repeat(out_atoms[::og], ig), "conv group")
-    return _out_labels(x, out_shape, channel_dim, DimLabel.fresh(out_atoms))
+    return _out_labels(ctx, node, x, out_shape, channel_dim, DimLabel.fresh(out_atoms), m.bias is not None)
 
 
 def _rewrite_conv(rw, node):
@@ -81,8 +92,8 @@ def _linear(ctx, node):
         ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER), "bias")
     dims = [None] * len(out_shape)
     if x is not None:
-        for d in range(x.ndim - 1):
-            dims[d] = x.dims[d]  # leading dims (batch, tokens, heads...) pass through
+        for d in range(x.ndim - 1):  # leading dims (batch, tokens, heads...) pass through
+            dims[d] = _through(ctx, node, x.dims[d], m.bias is not None)
         in_lab = x.dims[-1]
         if in_lab is not None:
             ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER), f"{ctx.describe(node)} input")
@@ -133,7 +144,7 @@ def _functional_linear(ctx, node):
     dims = [None] * len(out_shape)
     if x is not None:
         for d in range(x.ndim - 1):
-            dims[d] = x.dims[d]
+            dims[d] = _through(ctx, node, x.dims[d], b_node is not None)
         if x.dims[-1] is not None:
             ctx.atoms.unify(x.dims[-1].atoms, ctx.param_atoms(w_node.target, 1, CONSUMER), "F.linear input")
             require_zero(ctx, x.dims[-1], node, "the linear layer")

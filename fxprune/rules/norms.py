@@ -32,6 +32,12 @@ def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> None:
             ctx.atoms.unify(lab.atoms, ctx.param_atoms(f"{node.target}.{pname}", 0, role), f"{ctx.describe(node)}")
 
 
+def _block_statistics_dims(ctx, node, x: TensorLabels, channel_dim: int) -> None:
+    """Channels laid along any other dim enter the statistics (batch or spatial): unprunable."""
+    others = [d for d in range(x.ndim) if d != channel_dim]
+    block_dims(ctx, x, others, f"{ctx.describe(node)} computes statistics across these channels")
+
+
 def _per_channel_norm(ctx, node):
     m = ctx.module(node)
     x = ctx.labels(node.args[0])
@@ -41,6 +47,7 @@ def _per_channel_norm(ctx, node):
     dim = 0 if unbatched else 1
     if x is None or x.ndim <= dim:
         return out
+    _block_statistics_dims(ctx, node, x, dim)
     _attach_channel_params(ctx, node, m, x, dim)
     affine = getattr(m, "weight", None) is not None and getattr(m, "bias", None) is not None
     uses_running_stats = getattr(m, "track_running_stats", False)
@@ -68,6 +75,7 @@ def _group_norm(ctx, node):
     out = elementwise(ctx, node, [x], KEEP)
     if x is None or x.dims[1] is None:
         return out
+    _block_statistics_dims(ctx, node, x, 1)
     lab = x.dims[1]
     per_group = m.num_channels // m.num_groups
     if (lab.atoms < 0).any():

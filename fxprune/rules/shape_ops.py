@@ -67,7 +67,7 @@ def _merge(lab: DimLabel, sizes: list[int], pos: int) -> DimLabel:
     shape[pos] = sizes[pos]
     atoms = np.broadcast_to(lab.atoms.reshape(shape), sizes).ravel()
     nonzero = np.broadcast_to(lab.nonzero.reshape(shape), sizes).ravel()
-    return DimLabel(atoms, nonzero)
+    return DimLabel(atoms, nonzero, static=False)  # its size now also counts batch/spatial elements
 
 
 def _split(ctx, node, lab: DimLabel, sizes: list[int]) -> tuple[int, DimLabel | None]:
@@ -80,7 +80,7 @@ def _split(ctx, node, lab: DimLabel, sizes: list[int]) -> tuple[int, DimLabel | 
     nonzero = np.moveaxis(lab.nonzero.reshape(sizes), carrier, -1).reshape(-1, sizes[carrier])
     if rows.shape[0] > 1:  # the channel at index j of every other factor goes with index j
         ctx.atoms.unify(np.tile(rows[0], rows.shape[0] - 1), rows[1:].ravel(), "split")
-    return carrier, DimLabel(rows[0], nonzero.max(axis=0))
+    return carrier, DimLabel(rows[0], nonzero.max(axis=0), lab.static)
 
 
 def reshape_labels(ctx, node, x: TensorLabels | None, out_shape) -> TensorLabels:
@@ -142,6 +142,11 @@ def _size_args(node: fx.Node):
     return list(args)
 
 
+def _is_channel_count(arg: fx.Node) -> bool:
+    value = arg.meta.get("fxprune.channels")
+    return isinstance(value, SizeTaint) and value.pure
+
+
 def _rewrite_reshape(rw, node):
     labels: TensorLabels = node.meta["fxprune.channels"]
     sizes = _size_args(node)
@@ -151,9 +156,13 @@ def _rewrite_reshape(rw, node):
     for d, lab in enumerate(labels.dims):
         if lab is None or d >= len(sizes):
             continue
-        new = rw.kept_count(lab)
         if isinstance(sizes[d], int) and sizes[d] == -1:
             continue
+        # a size computed at run time stays symbolic unless the dim holds channels only: then the
+        # computation (e.g. C // groups) may refer to the dense count and the literal is the truth
+        if isinstance(sizes[d], fx.Node) and not (lab.static and _is_channel_count(sizes[d])):
+            continue
+        new = rw.kept_count(lab)
         if new != lab.size or isinstance(sizes[d], fx.Node):
             sizes[d] = new
             changed = True

@@ -26,7 +26,8 @@ def _concat_labels(parts: list[TensorLabels | None], shapes: list[tuple[int, ...
         else:
             atoms.append(lab.atoms)
             nonzero.append(lab.nonzero)
-    return DimLabel(np.concatenate(atoms), np.concatenate(nonzero))
+    static = all(p is None or p.dims[dim] is None or p.dims[dim].static for p in parts)
+    return DimLabel(np.concatenate(atoms), np.concatenate(nonzero), static)
 
 
 def _tensor_list(ctx, node):

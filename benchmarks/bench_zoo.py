@@ -1,0 +1,111 @@
+"""The torchvision zoo through fxprune: coverage, compression at 50% ZIG sparsity, exactness, speed.
+
+    python benchmarks/bench_zoo.py                 # every model, full resolution, with Torch-Pruning timings
+    python benchmarks/bench_zoo.py --models resnet50,densenet201 --no-tp
+    python benchmarks/bench_zoo.py --small         # the CI test's input sizes
+
+Prints two tabulate tables (coverage/compression, then speed).  The speed columns time,
+per model, the best of ``--repeats`` runs of: bare ``torch.fx.symbolic_trace``;
+``fxprune.trace`` (FX trace + meta shape propagation + channel analysis); construction;
+and Torch-Pruning 1.6.1's ``DependencyGraph().build_dependency`` in the same process
+(``pip install -e '.[bench]'``).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fxprune  # noqa: E402
+from fxprune import zoo  # noqa: E402
+from fxprune.metrics import count_flops, count_params  # noqa: E402
+from passes.verify import compare_outputs  # noqa: E402
+
+
+def best_of(repeats: int, fn):
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), result
+
+
+def torch_pruning_time(model, x, repeats):
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return None
+    try:
+        return best_of(repeats, lambda: tp.DependencyGraph().build_dependency(model, example_inputs=x))[0]
+    except Exception as exc:  # Torch-Pruning fails on some models: say so in the table
+        return f"fails: {type(exc).__name__}"
+
+
+def run_model(name: str, small: bool, repeats: int, with_tp: bool):
+    model = zoo.build(name)
+    x = zoo.example_input(name, small)
+    t_fx, _ = best_of(repeats, lambda: torch.fx.symbolic_trace(model))
+    t_trace, space = best_of(repeats, lambda: fxprune.trace(model, x))
+    coverage = zoo.prunable_weight_fraction(space, model)
+    params0, flops0 = count_params(model), count_flops(model, x)
+    space.zero_random_groups(0.5, seed=0)
+    with torch.no_grad():
+        y = model(x)
+    t_build, small_model = best_of(1, space.construct_subnet)
+    with torch.no_grad():
+        diff, scale = compare_outputs(y, small_model.eval()(x))
+    params1, flops1 = count_params(small_model), count_flops(small_model, x)
+    tp_time = torch_pruning_time(model, x, repeats) if with_tp else None
+    ratio = f"{t_trace / tp_time:.2f}" if isinstance(tp_time, float) else ""
+    row = dict(
+        model=name, input=x.shape[-1], nodes=len(space.graph_module.graph.nodes), groups=len(space.groups),
+        prunable=len(space.prunable_groups), zigs=space.num_zigs, weights_prunable=f"{100 * coverage:.1f}%",
+        params=f"{params0 / 1e6:.2f}M -> {params1 / 1e6:.2f}M", gflops=f"{flops0 / 1e9:.2f} -> {flops1 / 1e9:.2f}",
+        exact="yes" if diff <= 1e-4 * max(1.0, scale) else f"NO ({diff:.2g})",
+    )
+    speed = dict(
+        model=name, fx_trace_s=f"{t_fx:.3f}", analysis_s=f"{space.timings['shapes'] + space.timings['channels']:.3f}",
+        fxprune_trace_s=f"{t_trace:.3f}", construct_s=f"{t_build:.3f}",
+        torch_pruning_s=f"{tp_time:.3f}" if isinstance(tp_time, float) else (tp_time or ""), ratio=ratio,
+    )
+    return row, speed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="all", help="comma-separated torchvision names, or 'all'")
+    parser.add_argument("--small", action="store_true", help="the CI test's small inputs")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning timings")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = zoo.zoo_names() if args.models == "all" else args.models.split(",")
+    rows, speeds = [], []
+    for name in names:
+        try:
+            row, speed = run_model(name, args.small, args.repeats, not args.no_tp)
+        except Exception as exc:  # report, never hide: a failing model is a row that says so
+            row, speed = dict(model=name, exact=f"ERROR {type(exc).__name__}: {exc}"[:120]), dict(model=name)
+        rows.append(row)
+        speeds.append(speed)
+        print(f"{name}: {row.get('exact')} {speed.get('fxprune_trace_s', '')}s", file=sys.stderr, flush=True)
+        gc.collect()
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    print()
+    print(tabulate(speeds, headers="keys", tablefmt="github"))
+    failed = [r["model"] for r in rows if r.get("exact") != "yes"]
+    print(f"\n{len(rows) - len(failed)}/{len(rows)} models exact" + (f"; not exact: {failed}" if failed else ""))
+
+
+if __name__ == "__main__":
+    main()
