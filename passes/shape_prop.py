@@ -77,20 +77,42 @@ def _run_for_real(fn, args, kwargs):
     return tree_map(to_meta, out)
 
 
+def _to_meta(t: torch.Tensor) -> torch.Tensor:
+    meta = torch.empty_like(t, device="meta")
+    return torch.nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
+
+
+def _meta_module(module: torch.nn.Module) -> torch.nn.Module:
+    """A shallow twin of ``module`` whose parameters and buffers (recursively) live on the meta device."""
+    twin = copy.copy(module)
+    twin._parameters = {k: None if v is None else _to_meta(v) for k, v in module._parameters.items()}
+    twin._buffers = {k: None if v is None else _to_meta(v) for k, v in module._buffers.items()}
+    twin._modules = {k: None if c is None else _meta_module(c) for k, c in module._modules.items()}
+    return twin
+
+
 class _RecordingInterpreter(fx.Interpreter):
-    def __init__(self, twin: fx.GraphModule, original: fx.GraphModule):
-        super().__init__(twin, garbage_collect_values=False)
-        self.original = original
+    """Runs the user's graph with meta twins of its modules and attributes; records node values."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=False)
+        self._twins: dict[str, torch.nn.Module] = {}
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
         if (isinstance(module, _SHAPE_PRESERVING) and len(args) == 1 and not kwargs
                 and isinstance(args[0], torch.Tensor) and args[0].ndim >= 2):
             return torch.empty_like(args[0])
+        if target not in self._twins:
+            self._twins[target] = _meta_module(module)
         try:
-            return super().call_module(target, args, kwargs)
+            return self._twins[target](*args, **kwargs)
         except Exception:  # e.g. a user leaf module that branches on values: run a copy for real
-            return _run_for_real(copy.deepcopy(self.original.get_submodule(target)), args, kwargs)
+            return _run_for_real(copy.deepcopy(module), args, kwargs)
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        return _to_meta(value) if isinstance(value, torch.Tensor) else value
 
     def call_function(self, target, args, kwargs):
         try:
@@ -104,21 +126,10 @@ class _RecordingInterpreter(fx.Interpreter):
         return result
 
 
-def _meta_twin(gm: fx.GraphModule) -> fx.GraphModule:
-    memo: dict[int, Any] = {}
-    for t in list(gm.parameters()) + list(gm.buffers()):
-        meta = torch.empty_like(t, device="meta")
-        memo[id(t)] = torch.nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
-    return copy.deepcopy(gm, memo)
-
-
 def _propagate_meta(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
-    twin = _meta_twin(gm)
     meta_inputs = tree_map(lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v, example_inputs)
     with torch.no_grad():
-        _RecordingInterpreter(twin, gm).run(*meta_inputs)
-    for node, twin_node in zip(gm.graph.nodes, twin.graph.nodes):
-        node.meta["val"] = twin_node.meta.get("val")
+        _RecordingInterpreter(gm).run(*meta_inputs)
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
