@@ -81,6 +81,23 @@ def unprunable_layer_outputs(space, model: nn.Module) -> dict[str, str]:
     return out
 
 
+TRANSFORMER_FAMILIES = ("convnext", "vit", "swin", "maxvit")
+
+
+def mlp_hidden_layers(space) -> list[str]:
+    """Linear layers whose output feeds a GELU: the first layer of each transformer-style MLP."""
+    gm = space.graph_module
+    names = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Linear):
+            for user in node.users:
+                is_gelu = (user.op == "call_module" and isinstance(gm.get_submodule(user.target), nn.GELU)) or (
+                    user.op == "call_function" and user.target is torch.nn.functional.gelu)
+                if is_gelu:
+                    names.append(node.target)
+    return names
+
+
 def prunable_weight_fraction(space, model: nn.Module) -> float:
     """Share of conv/linear weight elements that some prunable ZIG can remove (by output or input channel)."""
     total = covered = 0

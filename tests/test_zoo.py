@@ -29,6 +29,10 @@ def test_zoo_model_prunes_exactly(name):
     assert result.params_compact < result.params_dense
     if name.startswith(zoo.FULL_COVERAGE_FAMILIES):
         assert zoo.unprunable_layer_outputs(space, model) == {}
+    if name.startswith(zoo.TRANSFORMER_FAMILIES):  # at least every MLP hidden dim prunes
+        hidden = zoo.mlp_hidden_layers(space)
+        assert hidden
+        assert all(r is None for layer in hidden for r in space.reasons_for(f"{layer}.weight", 0))
     # only the zeroing touched the model: every tensor that changed is now zero where it changed
     for k, v in model.state_dict().items():
         changed = before[k] != v
