@@ -77,6 +77,14 @@ class DHSPG(GroupSparseOptimizer):
             return "stats"
         return "update" if bool(self.held_zero.any()) else "plain"
 
+    def _needed_zigs(self, step: int) -> torch.Tensor | None:
+        # The period's first step scores every unmarked group; later steps read the sums of the
+        # period's active groups only (the others take the plain step or are held at zero).
+        period = self.schedule.period_at(step)
+        if period is None or self.schedule.is_period_start(step):
+            return None
+        return (self.marked_period == period) & ~self.held_zero
+
     def _decide(self, step: int, stats: GroupStats | None, lr: float, decay: float) -> GroupUpdate:
         period = self.schedule.period_at(step)
         if period is None:

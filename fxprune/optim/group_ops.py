@@ -61,6 +61,11 @@ class ZigIndex:
         self.num_rows = offset
         self._row_zig_cpu = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
         self._row_zig_by_device: dict[torch.device, torch.Tensor] = {}
+        # Slice of every row, for per-slice "any" reductions over per-row flags.
+        self._row_slice_cpu = torch.cat(
+            [torch.full((s.length,), s.index, dtype=torch.int64) for s in self.slices]
+        ) if self.slices else torch.zeros(0, dtype=torch.int64)
+        self._row_slice_by_device: dict[torch.device, torch.Tensor] = {}
 
         self.params: list[nn.Parameter] = []
         self.slices_of: dict[int, list[ProducerSlice]] = {}
@@ -88,6 +93,23 @@ class ZigIndex:
             cached = self._row_zig_cpu.to(device)
             self._row_zig_by_device[device] = cached
         return cached
+
+    def row_slice(self, device: torch.device) -> torch.Tensor:
+        cached = self._row_slice_by_device.get(device)
+        if cached is None:
+            cached = self._row_slice_cpu.to(device)
+            self._row_slice_by_device[device] = cached
+        return cached
+
+    def slices_with(self, row_flags: torch.Tensor) -> list[int]:
+        """Per slice, how many of its rows have ``row_flags`` set (bool [num_rows]; one host sync)."""
+        counts = torch.zeros(len(self.slices), dtype=torch.int64, device=row_flags.device)
+        counts.index_add_(0, self.row_slice(row_flags.device), row_flags.to(torch.int64))
+        return counts.tolist()
+
+    def rows_of(self, per_zig: torch.Tensor) -> torch.Tensor:
+        """A ``[num_zigs + 1]`` vector (sentinel included) read out per row: ``[num_rows]``."""
+        return per_zig.index_select(0, self.row_zig(per_zig.device))
 
     # ----- reductions -------------------------------------------------------------
 

@@ -67,6 +67,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self.held_zero = torch.zeros(self.num_zigs, dtype=torch.bool)  # groups kept at exactly zero
         self._last_step: dict[str, Any] = {}
         self._scratch = Scratch()
+        self._stats_cache: tuple[torch.Tensor, list] | None = None  # (needed ZIGs, per-slice modes)
+        self._stats_need: torch.Tensor | None = None
 
     def add_param_group(self, param_group: dict) -> None:
         if self.param_groups:
@@ -120,6 +122,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
 
     def _group_step(self, group: dict, need_stats: bool) -> None:
         lr, decay = group["lr"], self._rule.decay(group)
+        modes = self._stats_modes(self._needed_zigs(self.steps_taken)) if need_stats else None
         directions, rows = [], []
         for p in self.zigs.params:
             if p.grad is None:
@@ -127,38 +130,101 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             else:
                 u = self._rule.direction(p, p.grad, self.state[p], group)
             directions.append(u)
-            if need_stats:
+            if modes is not None:
                 x = p.detach()
-                scratch = self._scratch.get(x)
+                scratch = None
                 for s in self.zigs.slices_of[id(p)]:
-                    rows.append(torch.stack([row_sq_norms(x, s.dim), row_dots(x, u, s.dim, scratch),
-                                             row_sq_norms(u, s.dim)]))
+                    mode = modes[s.index]
+                    if mode is None:  # no ZIG of this slice is read this step
+                        rows.append(torch.zeros(3, s.length, dtype=torch.float64, device=x.device))
+                        continue
+                    if scratch is None:
+                        scratch = self._scratch.get(x)
+                    rows.append(_slice_rows(x, u, s.dim, mode, scratch))
         stats = None
-        if need_stats and rows:
+        if modes is not None and rows:
             sums = self.zigs.sum_rows(rows, rows[0].device)[:, : self.num_zigs]
+            if self._stats_need is not None:  # groups nobody reads: exactly 0, not partial sums
+                sums = torch.where(self._stats_need.to(sums.device), sums, torch.zeros((), dtype=sums.dtype,
+                                                                                        device=sums.device))
             stats = GroupStats(sums[0], sums[1], sums[2])
         update = self._decide(self.steps_taken, stats, lr, decay)
         self._apply(update, directions, lr, decay)
+
+    def _needed_zigs(self, step: int) -> torch.Tensor | None:
+        """Bool [num_zigs]: the ZIGs whose sums ``_decide`` reads at ``step`` (None: all of them).
+
+        The sums of the other ZIGs are reported as 0; rows of parameters holding none of the
+        needed ZIGs are not reduced at all.
+        """
+        return None
+
+    def _stats_modes(self, need: torch.Tensor | None) -> list:
+        """Per slice: None (skip), ``_ALL_ROWS`` or a LongTensor of the rows to reduce.  Cached per ``need``."""
+        if need is None:
+            self._stats_need = None
+            return [_ALL_ROWS] * len(self.zigs.slices)
+        need = need.cpu()
+        cached = self._stats_cache
+        if cached is not None and torch.equal(cached[0], need):
+            self._stats_need = cached[0]
+            return cached[1]
+        with_sentinel = torch.cat([need, torch.zeros(1, dtype=torch.bool)])
+        row_need = self.zigs.rows_of(with_sentinel)
+        counts = self.zigs.slices_with(row_need)
+        modes: list = []
+        for s, n in zip(self.zigs.slices, counts):
+            if n == 0:
+                modes.append(None)
+            elif n == s.length or n > GATHER_MAX_FRACTION * s.length or not _gatherable(s.param, s.dim):
+                modes.append(_ALL_ROWS)
+            else:
+                local = row_need[s.offset : s.offset + s.length].nonzero().squeeze(1)
+                modes.append(local.to(s.param.device))
+        self._stats_cache = (need.clone(), modes)
+        self._stats_need = self._stats_cache[0]
+        return modes
 
     def _apply(self, update: GroupUpdate, directions: list[torch.Tensor], lr: float, decay: float) -> None:
         if not self.zigs.params:
             return
         device = self.zigs.params[0].device
-        keep_views = self._expand(update.keep, device)
-        factor_views = None if update.factor is None else self._expand(update.factor, device)
-        for p, u in zip(self.zigs.params, directions):
-            slices = self.zigs.slices_of[id(p)]
-            keep = _product([keep_views[s.index] for s in slices]).to(p.dtype)
-            if factor_views is not None:
-                p.mul_((decay * _product([factor_views[s.index] for s in slices])).to(p.dtype))
-            elif decay != 1.0:
-                p.mul_(decay)
+        zigs = self.zigs
+        keep_rows = zigs.rows_of(self._with_sentinel(update.keep, device))  # float64 [num_rows]
+        factor_rows = scaled_rows = None
+        if update.factor is not None:
+            factor_rows = zigs.rows_of(self._with_sentinel(update.factor, device))
+            scaled_rows = decay * factor_rows
+            # Slices whose multiplier is exactly 1 everywhere skip the multiply (x·1 = x).
+            scaling = zigs.slices_with(scaled_rows != 1.0)
+        by_dtype: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for p, u in zip(zigs.params, directions):
+            slices = zigs.slices_of[id(p)]
+            if len(slices) == 1:
+                s = slices[0]
+                converted = by_dtype.get(p.dtype)
+                if converted is None:  # one conversion per dtype, sliced per parameter below
+                    converted = (keep_rows.to(p.dtype), None if scaled_rows is None else scaled_rows.to(p.dtype))
+                    by_dtype[p.dtype] = converted
+                keep = converted[0][s.offset : s.offset + s.length].view(s.broadcast_shape())
+                if factor_rows is not None:
+                    if scaling[s.index]:
+                        p.mul_(converted[1][s.offset : s.offset + s.length].view(s.broadcast_shape()))
+                elif decay != 1.0:
+                    p.mul_(decay)
+            else:
+                keep = _product([_row_view(keep_rows, s) for s in slices]).to(p.dtype)
+                if factor_rows is not None:
+                    if any(scaling[s.index] for s in slices):
+                        p.mul_((decay * _product([_row_view(factor_rows, s) for s in slices])).to(p.dtype))
+                elif decay != 1.0:
+                    p.mul_(decay)
             p.addcmul_(u, keep, value=-lr)
 
-    def _expand(self, per_zig: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    def _with_sentinel(self, per_zig: torch.Tensor, device: torch.device) -> torch.Tensor:
         with_sentinel = torch.ones(self.num_zigs + 1, dtype=torch.float64, device=device)
         with_sentinel[: self.num_zigs] = per_zig.to(device=device, dtype=torch.float64)
-        return self.zigs.expand(with_sentinel)
+        return with_sentinel
 
     def _hold_zero_update(self) -> GroupUpdate:
         return GroupUpdate(keep=(~self.held_zero).to(torch.float64))
@@ -209,6 +275,34 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self.steps_taken = int(extra["steps_taken"])
         self.held_zero = extra["held_zero"].clone().cpu()
         self._load_extra_state({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in extra.items()})
+
+
+# Reduce only the needed rows of a slice (gathering them first) when at most this fraction is needed;
+# above it, gathering costs about as much as reducing every row.
+GATHER_MAX_FRACTION = 0.5
+_ALL_ROWS = "all"
+
+
+def _gatherable(param: torch.Tensor, dim: int) -> bool:
+    return param.dim() == 1 or (dim == 0 and param.is_contiguous())
+
+
+def _slice_rows(x: torch.Tensor, u: torch.Tensor, dim: int, mode, scratch: torch.Tensor) -> torch.Tensor:
+    """[3, length] rows ‖x‖², ⟨x,u⟩, ‖u‖² of one slice; with a row index, only those rows (others 0)."""
+    if mode is _ALL_ROWS or not (u.is_contiguous() or u.dim() == 1):
+        return torch.stack([row_sq_norms(x, dim), row_dots(x, u, dim, scratch), row_sq_norms(u, dim)])
+    length = x.shape[0]
+    xs = x.reshape(length, -1).index_select(0, mode)
+    us = u.reshape(length, -1).index_select(0, mode)
+    if x.dim() == 1:
+        xs, us = xs.squeeze(1), us.squeeze(1)
+    # Row-wise reductions do not depend on the other rows, so these equal the full rows' values.
+    picked = torch.stack([row_sq_norms(xs, 0), row_dots(xs, us, 0, scratch), row_sq_norms(us, 0)])
+    return torch.zeros(3, length, dtype=picked.dtype, device=picked.device).index_copy_(1, mode, picked)
+
+
+def _row_view(rows: torch.Tensor, s) -> torch.Tensor:
+    return rows[s.offset : s.offset + s.length].view(s.broadcast_shape())
 
 
 def _product(tensors: list[torch.Tensor]) -> torch.Tensor:
