@@ -41,10 +41,14 @@ def dhspg_redundancy(xx, xd, dd, group_sizes) -> torch.Tensor:
 
     Higher means more redundant.  The cosine term (1 + cos(−d, −x))/2 is in [0, 1]
     and is 1 when the descent step heads straight for zero;
-    the magnitude term is 1 − m_g/max m with m_g = ‖x_g‖/|g|.
+    the magnitude term is 1 − m_g/max m with m_g = ‖x_g‖/√|g|, the group's RMS entry.
+    The reference divides by |g|, which makes groups with many slices (a residual
+    stream read by every block) look redundant merely for their size: on a small
+    ResNet that emptied the stream feeding the classifier.  The RMS compares groups
+    of different sizes on the same per-entry scale.
     """
     cos_term = 0.5 * (1.0 + cosine_to_origin(xx, xd, dd))
-    magnitude_term = 1.0 - _unit(xx.sqrt() / group_sizes.clamp_min(1))
+    magnitude_term = 1.0 - _unit(xx.sqrt() / group_sizes.clamp_min(1).sqrt())
     return 0.5 * (cos_term + magnitude_term)
 
 
