@@ -19,7 +19,7 @@ from passes.verify import compare_outputs
 from passes.zig_build import Group, ZigIndex, build_zigs
 
 from .errors import InputError, VerificationError
-from .layout import PRODUCER, ZigLayout
+from .layout import ZigLayout
 from .tracing import symbolic_trace
 
 

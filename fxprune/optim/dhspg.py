@@ -19,22 +19,19 @@ the reference's penalty and projection alone can over- or undershoot.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from .group_sparse_optimizer import GroupSparseOptimizer, GroupStats, GroupUpdate
+from .group_sparse_optimizer import GroupStats, GroupUpdate
 from .half_space import adaptive_lambda, direction_stats, leaves_half_space, penalty_factor
-from .partition import broadcast_from_rank0, dhspg_redundancy, max_prunable, select_redundant, target_count
-from .schedule import PruningSchedule
-from .validation import (check_capacity, check_epsilon, check_real, check_schedule, check_sparsity,
-                         check_width_multiple)
+from .partition import dhspg_redundancy
+from .targeted import TargetedGroupSparseOptimizer
+from .validation import check_epsilon, check_real
 
 # Reference defaults per base rule: (lmbda, lmbda_amplify, hat_lmbda_coeff).
 PENALTY_DEFAULTS = {"sgd": (1e-3, 2.0, 10.0), "adam": (1e-2, 20.0, 1e3), "adamw": (1e-2, 20.0, 1e3)}
 
 
-class DHSPG(GroupSparseOptimizer):
+class DHSPG(TargetedGroupSparseOptimizer):
     """OTOv2's DHSPG over a PruneSpace; lands on exactly ⌊target·num_zigs⌋ zero ZIGs.
 
     ``lmbda``, ``lmbda_amplify`` and ``hat_lmbda_coeff`` default to the reference values
@@ -49,10 +46,7 @@ class DHSPG(GroupSparseOptimizer):
                  hat_lmbda_coeff: float | None = None, epsilon: float = 0.9, width_multiple: int | None = None):
         super().__init__(space, variant=variant, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, betas=betas, eps=eps)
-        check_sparsity("target_group_sparsity", target_group_sparsity)
-        check_schedule(start_pruning_step, pruning_steps, pruning_periods)
         check_epsilon(epsilon)
-        check_width_multiple(width_multiple)
         default_lmbda, default_amplify, default_hat = PENALTY_DEFAULTS[variant]
         self.lmbda = default_lmbda if lmbda is None else lmbda
         self.lmbda_amplify = default_amplify if lmbda_amplify is None else lmbda_amplify
@@ -60,15 +54,8 @@ class DHSPG(GroupSparseOptimizer):
         check_real("lmbda", self.lmbda, low=0, hint="The base group penalty; the reference uses 1e-3 (SGD) or 1e-2 (Adam).")
         check_real("lmbda_amplify", self.lmbda_amplify, low=0, hint="The reference uses 2 (SGD) or 20 (Adam).")
         check_real("hat_lmbda_coeff", self.hat_lmbda_coeff, low=1, hint="It caps λ_g at hat·λ; the reference uses 10 or 1e3.")
-        self.target_group_sparsity = target_group_sparsity
         self.epsilon = epsilon
-        self.width_multiple = width_multiple
-        self.schedule = PruningSchedule(start_pruning_step, pruning_steps, pruning_periods)
-        self.target_zero_count = target_count(target_group_sparsity, self.num_zigs)
-        limit = max_prunable(self.zigs.zig_group, width_multiple)
-        check_capacity(target_group_sparsity, self.target_zero_count, limit, self.num_zigs, width_multiple)
-        # Period in which each ZIG was marked redundant (-1: never): the G_p partition.
-        self.marked_period = torch.full((self.num_zigs,), -1, dtype=torch.int64)
+        self._init_target(target_group_sparsity, start_pruning_step, pruning_steps, pruning_periods, width_multiple)
 
     # ----- schedule ---------------------------------------------------------------------
 
@@ -117,27 +104,5 @@ class DHSPG(GroupSparseOptimizer):
         return GroupUpdate(keep=(~held).to(torch.float64), factor=factor)
 
     def _mark(self, period: int, xx, xd, dd) -> None:
-        redundancy = dhspg_redundancy(xx, xd, dd, self.zigs.group_sizes.to(xx.device))
-        marked = self.marked_period >= 0
-        wanted = self.schedule.cumulative_count(period, self.target_zero_count) - int(marked.sum())
-        picked = select_redundant(redundancy, self.zigs.zig_group, marked, wanted, self.width_multiple)
-        picked = broadcast_from_rank0(picked, xx.device)
-        self.marked_period[picked] = period
+        self._mark_most_redundant(period, dhspg_redundancy(xx, xd, dd, self.zigs.group_sizes.to(xx.device)))
 
-    # ----- introspection / state --------------------------------------------------------
-
-    def redundant_zigs(self) -> torch.Tensor:
-        """Bool [num_zigs]: the marked set G_p so far."""
-        return self.marked_period >= 0
-
-    def stats(self) -> dict[str, Any]:
-        out = super().stats()
-        out.update(target_zero_count=self.target_zero_count, pruning_end_step=self.schedule.end,
-                   group_sparsity=self.group_sparsity())
-        return out
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"marked_period": self.marked_period}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.marked_period = state["marked_period"].cpu()

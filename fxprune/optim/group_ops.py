@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layout import PRODUCER, ZigLayout
+from ..layout import ZigLayout
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,18 @@ afterwards; everything else trains with the base rule only.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from .group_sparse_optimizer import GroupSparseOptimizer, GroupStats, GroupUpdate
+from .group_sparse_optimizer import GroupStats, GroupUpdate
 from .half_space import direction_stats
-from .partition import (HESSO_CRITERIA, broadcast_from_rank0, hesso_importance, max_prunable, select_redundant,
-                        target_count)
-from .schedule import PruningSchedule
-from .validation import check_capacity, check_real, check_schedule, check_sparsity, check_width_multiple
+from .partition import HESSO_CRITERIA, hesso_importance
+from .targeted import TargetedGroupSparseOptimizer
+from .validation import check_real
 
 DEFAULT_IMPORTANCE = {name: 0.2 for name in HESSO_CRITERIA}
 
 
-class HESSO(GroupSparseOptimizer):
+class HESSO(TargetedGroupSparseOptimizer):
     """HESSO over a PruneSpace; lands on exactly ⌊target·num_zigs⌋ zero ZIGs."""
 
     def __init__(self, space, lr: float = 1e-3, *, momentum: float = 0.0, dampening: float = 0.0,
@@ -36,9 +33,6 @@ class HESSO(GroupSparseOptimizer):
                  width_multiple: int | None = None):
         super().__init__(space, variant=variant, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, betas=betas, eps=eps)
-        check_sparsity("target_group_sparsity", target_group_sparsity)
-        check_schedule(start_pruning_step, pruning_steps, pruning_periods)
-        check_width_multiple(width_multiple)
         weights = dict(DEFAULT_IMPORTANCE if importance_weights is None else importance_weights)
         unknown = sorted(set(weights) - set(HESSO_CRITERIA))
         if unknown:
@@ -48,13 +42,7 @@ class HESSO(GroupSparseOptimizer):
         if not any(w > 0 for w in weights.values()):
             raise ValueError("importance_weights must give at least one criterion a positive weight.")
         self.importance_weights = weights
-        self.target_group_sparsity = target_group_sparsity
-        self.width_multiple = width_multiple
-        self.schedule = PruningSchedule(start_pruning_step, pruning_steps, pruning_periods)
-        self.target_zero_count = target_count(target_group_sparsity, self.num_zigs)
-        limit = max_prunable(self.zigs.zig_group, width_multiple)
-        check_capacity(target_group_sparsity, self.target_zero_count, limit, self.num_zigs, width_multiple)
-        self.marked_period = torch.full((self.num_zigs,), -1, dtype=torch.int64)
+        self._init_target(target_group_sparsity, start_pruning_step, pruning_steps, pruning_periods, width_multiple)
 
     def _plan(self, step: int) -> str:
         if self.schedule.is_period_start(step):
@@ -86,23 +74,4 @@ class HESSO(GroupSparseOptimizer):
         xd, dd = direction_stats(stats.xx, stats.xu, stats.uu, lr, decay)
         importance = hesso_importance(stats.xx, xd, dd, self.zigs.group_sizes.to(stats.xx.device),
                                       self.importance_weights)
-        marked = self.marked_period >= 0
-        wanted = self.schedule.cumulative_count(period, self.target_zero_count) - int(marked.sum())
-        picked = select_redundant(-importance, self.zigs.zig_group, marked, wanted, self.width_multiple)
-        picked = broadcast_from_rank0(picked, stats.xx.device)
-        self.marked_period[picked] = period
-
-    def redundant_zigs(self) -> torch.Tensor:
-        return self.marked_period >= 0
-
-    def stats(self) -> dict[str, Any]:
-        out = super().stats()
-        out.update(target_zero_count=self.target_zero_count, pruning_end_step=self.schedule.end,
-                   group_sparsity=self.group_sparsity())
-        return out
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"marked_period": self.marked_period}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.marked_period = state["marked_period"].cpu()
+        self._mark_most_redundant(period, -importance)

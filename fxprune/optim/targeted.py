@@ -1,0 +1,58 @@
+"""What DHSPG and HESSO share: an exact zero-count target reached over scheduled periods.
+
+Both mark groups period by period (``marked_period``), up to ``⌊K·(p+1)/periods⌋``
+in total with K = ⌊target·num_zigs⌋, and differ only in how they score groups and
+how marked groups travel to zero.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .group_sparse_optimizer import GroupSparseOptimizer
+from .partition import broadcast_from_rank0, max_prunable, select_redundant, target_count
+from .schedule import PruningSchedule
+from .validation import check_capacity, check_schedule, check_sparsity, check_width_multiple
+
+
+class TargetedGroupSparseOptimizer(GroupSparseOptimizer):
+    """Base of the optimizers that land on exactly ⌊target·num_zigs⌋ zero ZIGs."""
+
+    def _init_target(self, target_group_sparsity: float, start_pruning_step: int, pruning_steps: int,
+                     pruning_periods: int, width_multiple: int | None) -> None:
+        check_sparsity("target_group_sparsity", target_group_sparsity)
+        check_schedule(start_pruning_step, pruning_steps, pruning_periods)
+        check_width_multiple(width_multiple)
+        self.target_group_sparsity = target_group_sparsity
+        self.width_multiple = width_multiple
+        self.schedule = PruningSchedule(start_pruning_step, pruning_steps, pruning_periods)
+        self.target_zero_count = target_count(target_group_sparsity, self.num_zigs)
+        limit = max_prunable(self.zigs.zig_group, width_multiple)
+        check_capacity(target_group_sparsity, self.target_zero_count, limit, self.num_zigs, width_multiple)
+        # Period in which each ZIG was marked redundant (-1: never): the G_p partition.
+        self.marked_period = torch.full((self.num_zigs,), -1, dtype=torch.int64)
+
+    def _mark_most_redundant(self, period: int, redundancy: torch.Tensor) -> None:
+        """Mark the highest-``redundancy`` unmarked ZIGs until this period's cumulative count."""
+        marked = self.marked_period >= 0
+        wanted = self.schedule.cumulative_count(period, self.target_zero_count) - int(marked.sum())
+        picked = select_redundant(redundancy, self.zigs.zig_group, marked, wanted, self.width_multiple)
+        picked = broadcast_from_rank0(picked, redundancy.device)  # every DDP rank marks the same ZIGs
+        self.marked_period[picked] = period
+
+    def redundant_zigs(self) -> torch.Tensor:
+        """Bool [num_zigs]: the marked set G_p so far."""
+        return self.marked_period >= 0
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        out.update(target_zero_count=self.target_zero_count, pruning_end_step=self.schedule.end,
+                   group_sparsity=self.group_sparsity())
+        return out
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"marked_period": self.marked_period}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.marked_period = state["marked_period"].cpu()
