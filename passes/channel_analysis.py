@@ -72,6 +72,7 @@ class AnalysisContext:
         self.codes: dict[fx.Node, int] = {n: i + 1 for i, n in enumerate(gm.graph.nodes)}
         self.nodes_by_code = {c: n for n, c in self.codes.items()}
         self._named_tensors: dict[str, torch.Tensor] | None = None
+        self._param_ids: set[int] | None = None
 
     # -- reading the node --------------------------------------------------
     def value(self, arg: Any) -> Any:
@@ -124,8 +125,9 @@ class AnalysisContext:
         return _fetch_attr(self.gm, name)
 
     def is_buffer(self, name: str) -> bool:
-        t = self.tensor_by_name(name)
-        return not isinstance(t, nn.Parameter)
+        if self._param_ids is None:  # by identity: isinstance(t, nn.Parameter) is slow
+            self._param_ids = {id(p) for _, p in self.gm.named_parameters(remove_duplicate=False)}
+        return id(self.tensor_by_name(name)) not in self._param_ids
 
     def param_atoms(self, name: str, dim: int, role: str | None) -> np.ndarray:
         """Atoms of ``name``'s dimension ``dim`` (created on first use, shared by every use)."""

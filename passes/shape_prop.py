@@ -79,7 +79,9 @@ def _run_for_real(fn, args, kwargs):
 
 def _to_meta(t: torch.Tensor) -> torch.Tensor:
     meta = torch.empty_like(t, device="meta")
-    return torch.nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
+    # type() first: isinstance(t, Parameter) goes through a slow metaclass hook
+    is_param = type(t) is torch.nn.Parameter or (type(t) is not torch.Tensor and isinstance(t, torch.nn.Parameter))
+    return torch.nn.Parameter(meta, requires_grad=t.requires_grad) if is_param else meta
 
 
 def _meta_module(module: torch.nn.Module) -> torch.nn.Module:
