@@ -6,7 +6,6 @@ barriers with their reasons, and the parameter slices each atom owns).
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,10 +189,6 @@ def describe_node(gm: fx.GraphModule, node: fx.Node) -> str:
     return f"{node.op} '{node.target}'"
 
 
-def _op_name(gm: fx.GraphModule, node: fx.Node) -> str:
-    return describe_node(gm, node)
-
-
 def unknown_op(ctx: AnalysisContext, node: fx.Node) -> Any:
     """Barrier: every channel that touches an op without a rule becomes unprunable."""
     reason = f"no channel rule for {ctx.describe(node)}"
@@ -251,4 +246,4 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
     return ctx.atoms
 
 
-__all__ = ["analyze_channels", "AnalysisContext", "AtomTable", "ParamDim", "META_KEY", "unknown_op", "operator"]
+__all__ = ["analyze_channels", "AnalysisContext", "AtomTable", "ParamDim", "META_KEY", "unknown_op", "blank_like"]

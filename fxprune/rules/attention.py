@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import operator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fxprune.labels import DimLabel, TensorLabels
 
-from .common import ADD, CONST, MUL, block_dims, elementwise, normalize_dim
+from .common import ADD, CONST, block_dims, elementwise, normalize_dim
 from .registry import RULES
 
 
@@ -49,12 +48,9 @@ def _matmul(ctx, node):
         lab = ka if ka is not None else kb
         _require_product_zero(ctx, node, lab, None)
     batch = elementwise(ctx, node, [_strip(a, 2), _strip(b, 2)], ADD, out_shape[:-2] + (1, 1))
-    dims = list(batch.dims[:-2]) + [_row_label(a.dims[-2]), _row_label(b.dims[-1])]
+    # a zero row of ``a`` (or column of ``b``) gives a zero row (column) of the product
+    dims = list(batch.dims[:-2]) + [a.dims[-2], b.dims[-1]]
     return TensorLabels(tuple(out_shape), tuple(dims))
-
-
-def _row_label(lab: DimLabel | None) -> DimLabel | None:
-    return lab  # a zero row (or column) of an operand gives a zero row of the product
 
 
 def _require_product_zero(ctx, node, a: DimLabel, b: DimLabel | None) -> None:
@@ -115,5 +111,3 @@ def _mha(ctx, node):
                             "(head pruning inside nn.MultiheadAttention is not supported yet)")
     return unknown_op(ctx, node)
 
-
-del np, MUL

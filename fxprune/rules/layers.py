@@ -81,7 +81,12 @@ def _rewrite_conv(rw, node):
 RULES.module(*CONV_TYPES, rewrite=_rewrite_conv)(_conv)
 
 
-@RULES.module(nn.Linear, rewrite=None)
+def _rewrite_linear(rw, node):
+    m = rw.module(node)
+    m.out_features, m.in_features = m.weight.shape
+
+
+@RULES.module(nn.Linear, rewrite=_rewrite_linear)
 def _linear(ctx, node):
     m = ctx.module(node)
     x = ctx.labels(node.args[0])
@@ -102,29 +107,18 @@ def _linear(ctx, node):
     return TensorLabels(tuple(out_shape), tuple(dims))
 
 
-def _rewrite_linear(rw, node):
+def _rewrite_embedding(rw, node):
     m = rw.module(node)
-    m.out_features, m.in_features = m.weight.shape
+    m.embedding_dim = m.weight.shape[1]
 
 
-RULES.modules[nn.Linear] = RULES.modules[nn.Linear].__class__(_linear, _rewrite_linear)
-
-
-@RULES.module(nn.Embedding)
+@RULES.module(nn.Embedding, rewrite=_rewrite_embedding)
 def _embedding(ctx, node):
     out_shape = ctx.out_shape(node)
     atoms = ctx.param_atoms(f"{node.target}.weight", 1, PRODUCER)
     dims = [None] * len(out_shape)
     dims[-1] = DimLabel.fresh(atoms)
     return TensorLabels(tuple(out_shape), tuple(dims))
-
-
-def _rewrite_embedding(rw, node):
-    m = rw.module(node)
-    m.embedding_dim = m.weight.shape[1]
-
-
-RULES.modules[nn.Embedding] = RULES.modules[nn.Embedding].__class__(_embedding, _rewrite_embedding)
 
 
 @RULES.function(F.linear)

@@ -13,7 +13,7 @@ from torch import nn
 
 from fxprune.labels import TensorLabels
 
-from .common import CONST, KEEP, block_dims, carry, normalize_dim, require_zero, set_nonzero
+from .common import block_dims, carry, normalize_dim, require_zero, set_nonzero
 from .registry import RULES
 
 POOL_MODULES = {
@@ -118,5 +118,3 @@ def _reduce(ctx, node):
 
 RULES.function(*[k for k in list(SUM_LIKE) + list(CHANNEL_SENSITIVE) if not isinstance(k, str)])(_reduce)
 RULES.method(*[k for k in list(SUM_LIKE) + list(CHANNEL_SENSITIVE) if isinstance(k, str)])(_reduce)
-
-del KEEP, CONST

@@ -83,8 +83,7 @@ def _split_like(ctx, node):
     if x is None:
         return tuple(TensorLabels.blank(v.shape) for v in vals)
     name = node.target if isinstance(node.target, str) else node.target.__name__
-    default_dim = 0
-    dim_arg = ctx.arg(node, 2, "dim", default_dim) if name != "unbind" else ctx.arg(node, 1, "dim", 0)
+    dim_arg = ctx.arg(node, 2, "dim", 0) if name != "unbind" else ctx.arg(node, 1, "dim", 0)
     dim = normalize_dim(dim_arg, x.ndim)
     if name == "unbind":
         if x.dims[dim] is not None:
@@ -98,14 +97,12 @@ def _rewrite_split(rw, node):
     """split/chunk along a channel dim become ``torch.split`` with the pruned piece sizes."""
     x_labels: TensorLabels = rw.input_labels(node)
     outs = node.meta["fxprune.channels"]
-    name = node.target if isinstance(node.target, str) else node.target.__name__
     dim = normalize_dim(rw.arg(node, 2, "dim", 0), x_labels.ndim)
     if x_labels.dims[dim] is None:
         return
     sizes = [rw.kept_count(o.dims[dim]) for o in outs]
     node.op, node.target = "call_function", torch.split
     node.args, node.kwargs = (node.args[0], sizes, dim), {}
-    del name
 
 
 RULES.function(torch.split, torch.chunk, torch.tensor_split, torch.unbind, rewrite=_rewrite_split)(_split_like)
