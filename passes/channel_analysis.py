@@ -6,6 +6,7 @@ barriers with their reasons, and the parameter slices each atom owns).
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +226,23 @@ def _output(ctx: AnalysisContext, node: fx.Node) -> Any:
     return None
 
 
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_}
+_NOT_MUTATING_METHODS = {"requires_grad_", "retain_grad"}
+
+
+def _mutated_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """The argument an in-place op writes to (``x.add_(y)``, ``x += y``, ``ReLU(inplace=True)``)."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    if node.op == "call_method" and node.target.endswith("_") and node.target not in _NOT_MUTATING_METHODS:
+        return node.args[0]
+    if node.op == "call_function" and (node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace") is True):
+        return node.args[0]
+    if node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False) is True:
+        return node.args[0]
+    return None
+
+
 def analyze_channels(gm: fx.GraphModule) -> AtomTable:
     """Run every node's rule in topological order; return the atom table."""
     ctx = AnalysisContext(gm)
@@ -240,6 +258,9 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
             result = unknown_op(ctx, node) if rule is None else rule.analyze(ctx, node)
         ctx.env[node] = result
         node.meta[META_KEY] = result
+        mutated = _mutated_input(gm, node)
+        if mutated is not None and isinstance(result, TensorLabels):
+            ctx.env[mutated] = result  # later readers of the mutated tensor see the op's output
     for pd in ctx.atoms.param_dims.values():
         if pd.role is None:
             pd.role = PRODUCER

@@ -209,3 +209,31 @@ def test_subnet_saves_without_user_classes(tmp_path):
     assert "SmallCNN" not in code
     assert all(type(m).__module__.startswith("torch.") for m in small.modules() if m is not small)
     del path
+
+
+class InPlaceShift(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 4, 1)
+        self.c = nn.Conv2d(3, 8, 1)
+        self.d = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        y.add_(1.0)  # in place: the later reader of `y` sees zero channels turned into ones
+        z = self.c(x)
+        z.relu_()  # in place but zero stays zero
+        return self.b(y) + self.d(z)
+
+
+def test_in_place_ops_update_what_later_readers_see():
+    model = InPlaceShift().eval()
+    x = torch.randn(2, 3, 4, 4)
+    space = fxprune.trace(model, x)
+    by_name = {g.name: g for g in space.groups}
+    assert not by_name["a.weight[dim 0]"].prunable and "not zero" in by_name["a.weight[dim 0]"].reason
+    assert by_name["c.weight[dim 0]"].prunable
+    space.zero_random_groups(1.0)
+    small = space.construct_subnet(verify=True)
+    torch.testing.assert_close(small(x), model(x))
