@@ -243,6 +243,29 @@ def _mutated_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     return None
 
 
+_VIEW_METHODS = {"view", "reshape", "transpose", "permute", "flatten", "squeeze", "unsqueeze", "expand", "narrow",
+                 "t", "unflatten", "view_as", "as_strided", "split", "chunk", "unbind", "swapaxes", "swapdims",
+                 "movedim", "expand_as", "diagonal", "select", "contiguous"}
+
+
+def _is_view(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return node.target is operator.getitem or name in _VIEW_METHODS
+    return False
+
+
+def _changes_zeros(before: Any, after: TensorLabels) -> bool:
+    if not isinstance(before, TensorLabels):
+        return True
+    for a, b in zip(before.dims, after.dims):
+        if (a is None) != (b is None) or (a is not None and not np.array_equal(a.nonzero != 0, b.nonzero != 0)):
+            return True
+    return False
+
+
 def analyze_channels(gm: fx.GraphModule) -> AtomTable:
     """Run every node's rule in topological order; return the atom table."""
     ctx = AnalysisContext(gm)
@@ -260,6 +283,9 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
         node.meta[META_KEY] = result
         mutated = _mutated_input(gm, node)
         if mutated is not None and isinstance(result, TensorLabels):
+            if _is_view(mutated) and _changes_zeros(ctx.env.get(mutated), result):
+                # the write also lands in the tensor this is a view of, which fxprune does not follow
+                ctx.block_value(result, f"{ctx.describe(node)} writes in place into a view")
             ctx.env[mutated] = result  # later readers of the mutated tensor see the op's output
     for pd in ctx.atoms.param_dims.values():
         if pd.role is None:

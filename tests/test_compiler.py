@@ -237,3 +237,25 @@ def test_in_place_ops_update_what_later_readers_see():
     space.zero_random_groups(1.0)
     small = space.construct_subnet(verify=True)
     torch.testing.assert_close(small(x), model(x))
+
+
+class InPlaceThroughView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        y.view(y.size(0), 8, -1).add_(1.0)  # the write lands in `y` through a view
+        return self.b(y)
+
+
+def test_in_place_write_through_a_view_is_a_barrier():
+    model = InPlaceThroughView().eval()
+    x = torch.randn(1, 3, 4, 4)
+    space = fxprune.trace(model, x)
+    assert space.num_zigs == 0
+    assert "view" in next(g for g in space.groups if g.name == "a.weight[dim 0]").reason
+    small = space.construct_subnet(verify=True)
+    torch.testing.assert_close(small(x), model(x))
