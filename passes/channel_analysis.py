@@ -73,6 +73,9 @@ class AnalysisContext:
         self.nodes_by_code = {c: n for n, c in self.codes.items()}
         self._named_tensors: dict[str, torch.Tensor] | None = None
         self._param_ids: set[int] | None = None
+        self._canonical: dict[int, str] | None = None
+        self._uses: dict[str, int] | None = None
+        self._tied: set[int] = set()
 
     # -- reading the node --------------------------------------------------
     def value(self, arg: Any) -> Any:
@@ -124,6 +127,34 @@ class AnalysisContext:
             return self._named_tensors[name]
         return _fetch_attr(self.gm, name)
 
+    def canonical_name(self, name: str) -> str:
+        """The first name (in ``named_parameters`` order) of the tensor ``name`` refers to."""
+        if self._canonical is None:
+            self._canonical = {}
+            named = list(self.gm.named_parameters(remove_duplicate=False))
+            named += list(self.gm.named_buffers(remove_duplicate=False))
+            for n, t in named:
+                self._canonical.setdefault(id(t), n)
+        return self._canonical.get(id(self.tensor_by_name(name)), name)
+
+    def block_if_shared(self, name: str, dim: int, node: fx.Node) -> None:
+        """``node`` uses ``name`` on an untracked input: if another use may remove slices of ``dim``, it must not."""
+        if self._uses is None:
+            self._uses = {}
+            for n in self.gm.graph.nodes:
+                if n.op in ("call_module", "get_attr"):
+                    self._uses[n.target] = self._uses.get(n.target, 0) + 1
+            self.canonical_name(name)
+            names_per_tensor: dict[int, int] = {}
+            for t_id in [id(self.tensor_by_name(n)) for n in self._named_tensors]:
+                names_per_tensor[t_id] = names_per_tensor.get(t_id, 0) + 1
+            self._tied = {t_id for t_id, count in names_per_tensor.items() if count > 1}
+        owner = name.rpartition(".")[0]
+        shared = self._uses.get(owner, 0) + self._uses.get(name, 0) > 1 or id(self.tensor_by_name(name)) in self._tied
+        if shared:
+            self.atoms.block(self.param_atoms(name, dim, None),
+                             f"'{name}' is shared, and {self.describe(node)} reads it on untracked channels")
+
     def is_buffer(self, name: str) -> bool:
         if self._param_ids is None:  # by identity: isinstance(t, nn.Parameter) is slow
             self._param_ids = {id(p) for _, p in self.gm.named_parameters(remove_duplicate=False)}
@@ -131,6 +162,7 @@ class AnalysisContext:
 
     def param_atoms(self, name: str, dim: int, role: str | None) -> np.ndarray:
         """Atoms of ``name``'s dimension ``dim`` (created on first use, shared by every use)."""
+        name = self.canonical_name(name)  # a tied tensor has one set of atoms, whatever name reaches it
         key = (name, dim)
         pd = self.atoms.param_dims.get(key)
         if pd is None:

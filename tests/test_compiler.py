@@ -259,3 +259,32 @@ def test_in_place_write_through_a_view_is_a_barrier():
     assert "view" in next(g for g in space.groups if g.name == "a.weight[dim 0]").reason
     small = space.construct_subnet(verify=True)
     torch.testing.assert_close(small(x), model(x))
+
+
+class TiedWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.b = nn.Linear(8, 6)
+        self.c = nn.Linear(6, 8)
+        self.head = nn.Linear(8, 3)
+        self.c.weight = self.a.weight  # one tensor, two names: `a` reads the untracked input
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h2 = torch.relu(self.c(torch.relu(self.b(h))))
+        return self.head(h + h2 * 0.5)
+
+
+def test_tied_weights_share_atoms_and_respect_every_use():
+    model = TiedWeights().eval()
+    x = torch.randn(2, 6)
+    space = fxprune.trace(model, x)
+    by_name = {g.name: g for g in space.groups}
+    assert by_name["a.weight[dim 0]"].prunable  # rows: tied outputs of a and c prune together
+    assert not by_name["b.weight[dim 0]"].prunable and "shared" in by_name["b.weight[dim 0]"].reason
+    assert all(s.name != "c.weight" for g in space.groups for s in g.slices)  # one name per tensor
+    space.zero_random_groups(0.5, seed=0)
+    small = space.construct_subnet(verify=True)
+    torch.testing.assert_close(small(x), model(x))
+    assert small.a.weight is small.c.weight

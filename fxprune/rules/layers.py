@@ -56,6 +56,8 @@ def _conv(ctx, node):
         if in_lab is not None:
             ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER), f"{ctx.describe(node)} input")
             require_zero(ctx, in_lab, node, "the convolution")
+        else:
+            ctx.block_if_shared(w, 1, node)
     else:
         og, ig = m.out_channels // groups, m.in_channels // groups
         rep = np.repeat(out_atoms[::og], og)  # first output channel of each conv group
@@ -103,6 +105,8 @@ def _linear(ctx, node):
         if in_lab is not None:
             ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER), f"{ctx.describe(node)} input")
             require_zero(ctx, in_lab, node, "the linear layer")
+        else:
+            ctx.block_if_shared(w, 1, node)
     dims[-1] = DimLabel.fresh(out_atoms)
     return TensorLabels(tuple(out_shape), tuple(dims))
 
@@ -142,5 +146,7 @@ def _functional_linear(ctx, node):
         if x.dims[-1] is not None:
             ctx.atoms.unify(x.dims[-1].atoms, ctx.param_atoms(w_node.target, 1, CONSUMER), "F.linear input")
             require_zero(ctx, x.dims[-1], node, "the linear layer")
+        else:
+            ctx.block_if_shared(w_node.target, 1, node)
     dims[-1] = DimLabel.fresh(out_atoms)
     return TensorLabels(tuple(out_shape), tuple(dims))

@@ -25,7 +25,10 @@ IN_TYPES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> None:
     lab = x.dims[dim]
+    present = [pname for pname in ("weight", "bias", "running_mean", "running_var") if getattr(m, pname, None) is not None]
     if lab is None:
+        for pname in present:
+            ctx.block_if_shared(f"{node.target}.{pname}", 0, node)
         return
     for pname, role in (("weight", PRODUCER), ("bias", PRODUCER), ("running_mean", BUFFER), ("running_var", BUFFER)):
         if getattr(m, pname, None) is not None:
