@@ -27,8 +27,6 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 class DimLabel:
     atoms: np.ndarray  # int64 [size]: atom id per index, -1 where no channel
     nonzero: np.ndarray  # int64 [size]: 0 if zero when its ZIG is zeroed, else code of the culprit node + 1
-    # False once batch/spatial dims were merged in (e.g. flatten): the size then depends on the input
-    static: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "atoms", _frozen(np.asarray(self.atoms, dtype=np.int64)))
@@ -44,10 +42,10 @@ class DimLabel:
 
     def with_nonzero(self, nonzero: np.ndarray | int) -> "DimLabel":
         nz = np.broadcast_to(np.asarray(nonzero, dtype=np.int64), self.atoms.shape)
-        return DimLabel(self.atoms, nz, self.static)
+        return DimLabel(self.atoms, nz)
 
     def take(self, index: np.ndarray) -> "DimLabel":
-        return DimLabel(self.atoms[index], self.nonzero[index], self.static)
+        return DimLabel(self.atoms[index], self.nonzero[index])
 
 
 @dataclass(frozen=True)

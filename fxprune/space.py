@@ -185,9 +185,12 @@ class PruneSpace:
         try:
             propagate_shapes(compact, self.example_inputs)
         except Exception as exc:
+            cause = exc.__cause__ or exc  # the op's own error, not the advice meant for bad user inputs
+            first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
             raise VerificationError(
-                f"the constructed subnet does not run on inputs shaped like the example inputs: {exc}; "
-                "please report this model"
+                f"the constructed subnet does not run on inputs shaped like the example inputs: node "
+                f"'{getattr(exc, 'node_name', '?')}' raises {type(cause).__name__}: {first_line}; this is a bug in fxprune's rules for this model, "
+                "please report it with the model"
             ) from exc
         finally:
             for node in compact.graph.nodes:

@@ -319,10 +319,23 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
                 # the write also lands in the tensor this is a view of, which fxprune does not follow
                 ctx.block_value(result, f"{ctx.describe(node)} writes in place into a view")
             ctx.env[mutated] = result  # later readers of the mutated tensor see the op's output
+    _block_unclaimed(ctx.atoms)
     for pd in ctx.atoms.param_dims.values():
         if pd.role is None:
             pd.role = PRODUCER
     return ctx.atoms
+
+
+def _block_unclaimed(table: AtomTable) -> None:
+    """A parameter dimension only ``get_attr`` touched, that no op coupled to anything, has no channel
+    meaning: removing its slices would change a shape nobody accounts for."""
+    linked = np.zeros(table.count, dtype=bool)
+    for a, b in table.edges:
+        linked[a] = True
+        linked[b] = True
+    for pd in table.param_dims.values():
+        if pd.role is None and not linked[pd.atoms].any():
+            table.block(pd.atoms, f"no op gives dimension {pd.dim} of '{pd.name}' a channel meaning")
 
 
 __all__ = ["analyze_channels", "AnalysisContext", "AtomTable", "ParamDim", "META_KEY", "unknown_op", "blank_like"]

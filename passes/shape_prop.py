@@ -8,6 +8,7 @@ fake copies in per module call (slower, more general).
 from __future__ import annotations
 
 import copy
+import logging
 
 from typing import Any
 
@@ -44,11 +45,13 @@ class _FakeInterpreter(fx.Interpreter):
         try:
             result = super().run_node(n)
         except Exception as exc:
-            raise InputError(
+            error = InputError(
                 f"running the model on the example inputs failed at graph node '{n.name}' "
                 f"({n.op} {getattr(n.target, '__name__', n.target)}): {type(exc).__name__}: {exc}\n"
                 "  check the example inputs' shapes, dtypes and count against what the model expects."
-            ) from exc
+            )
+            error.node_name = n.name  # for callers that check their own graphs (construct_subnet)
+            raise error from exc
         n.meta["val"] = result
         return result
 
@@ -142,6 +145,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
     except Exception:  # an op without a meta kernel, or a bad input: FakeTensorMode says which
         pass
     mode = FakeTensorMode(allow_non_fake_inputs=True)
+    logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)  # we report failures ourselves
     fake_inputs = tree_map(
         lambda v: mode.from_tensor(v, static_shapes=True) if isinstance(v, torch.Tensor) else v, example_inputs
     )

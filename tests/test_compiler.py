@@ -288,3 +288,46 @@ def test_tied_weights_share_atoms_and_respect_every_use():
     small = space.construct_subnet(verify=True)
     torch.testing.assert_close(small(x), model(x))
     assert small.a.weight is small.c.weight
+
+
+class HandWrittenAttention(nn.Module):
+    def __init__(self, d=16, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25)
+        return self.head(self.proj(y.transpose(1, 2).reshape(b, n, d)).mean(1))
+
+
+def test_head_dims_prune_through_explicit_scale_attention():
+    model = HandWrittenAttention().eval()
+    x = torch.randn(2, 5, 16)
+    space = fxprune.trace(model, x)
+    qkv = next(g for g in space.groups if g.name == "qkv.weight[dim 0]")
+    assert qkv.prunable and qkv.channels == 8  # one ZIG = index j of the head dim, in q, k, v and every head
+    space.zero_random_groups(0.5, seed=0)
+    small = space.construct_subnet(verify=True)
+    kept = small.proj.in_features // 2  # head dims kept, the same in both heads
+    assert 0 < kept < 8 and small.qkv.out_features == 3 * 2 * kept
+    x2 = torch.randn(3, 7, 16)  # other batch and sequence lengths
+    torch.testing.assert_close(small(x2), model(x2))
+
+
+def test_default_scale_attention_keeps_head_dims():
+    class DefaultScale(HandWrittenAttention):
+        def forward(self, x):
+            b, n, d = x.shape
+            qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            y = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+            return self.head(self.proj(y.transpose(1, 2).reshape(b, n, d)).mean(1))
+
+    space = fxprune.trace(DefaultScale().eval(), torch.randn(2, 5, 16))
+    qkv = next(g for g in space.groups if g.name == "qkv.weight[dim 0]")
+    assert not qkv.prunable and "sqrt(head_dim)" in qkv.reason

@@ -44,9 +44,9 @@ def _matmul(ctx, node):
     if ka is not None and kb is not None:
         ctx.atoms.unify(ka.atoms, kb.atoms, f"{ctx.describe(node)} contraction")
         _require_product_zero(ctx, node, ka, kb)
-    elif (ka is None) != (kb is None):
-        lab = ka if ka is not None else kb
-        _require_product_zero(ctx, node, lab, None)
+    elif (ka is None) != (kb is None):  # the other operand keeps its full width: nothing may go
+        ctx.atoms.block((ka if ka is not None else kb).atoms,
+                        f"{ctx.describe(node)} contracts these channels with an untracked dimension")
     batch = elementwise(ctx, node, [_strip(a, 2), _strip(b, 2)], ADD, out_shape[:-2] + (1, 1))
     # a zero row of ``a`` (or column of ``b``) gives a zero row (column) of the product
     dims = list(batch.dims[:-2]) + [a.dims[-2], b.dims[-1]]
@@ -85,6 +85,10 @@ def _sdpa(ctx, node):
     q, k, v = (ctx.labels(a) for a in node.args[:3])
     out_shape = ctx.out_shape(node)
     scale = node.kwargs.get("scale", node.args[6] if len(node.args) > 6 else None)
+    # an attention mask (or anything else passed along) is read whole: its channels stay
+    extras = list(node.args[3:]) + [v for key, v in node.kwargs.items() if key not in ("scale", "is_causal",
+                                                                                       "dropout_p", "enable_gqa")]
+    ctx.block_value(ctx.value(extras), f"{ctx.describe(node)} reads this tensor whole")
     reason = f"{ctx.describe(node)} scales by 1/sqrt(head_dim): pass scale= to prune head dims"
     if scale is None:
         for t in (q, k):

@@ -128,8 +128,8 @@ def _embedding(ctx, node):
 @RULES.function(F.linear)
 def _functional_linear(ctx, node):
     """``F.linear(x, W, b)`` with W, b from get_attr: W's rows are producers, its columns consumers."""
-    x = ctx.labels(node.args[0])
-    w_node = node.args[1]
+    x = ctx.labels(ctx.arg(node, 0, "input"))
+    w_node = ctx.arg(node, 1, "weight")
     b_node = ctx.arg(node, 2, "bias")
     out_shape = ctx.out_shape(node)
     if getattr(w_node, "op", None) != "get_attr" or (b_node is not None and getattr(b_node, "op", None) != "get_attr"):
@@ -140,13 +140,15 @@ def _functional_linear(ctx, node):
     if b_node is not None:
         ctx.atoms.unify(out_atoms, ctx.param_atoms(b_node.target, 0, PRODUCER), "bias")
     dims = [None] * len(out_shape)
+    in_lab = x.dims[-1] if x is not None else None
     if x is not None:
         for d in range(x.ndim - 1):
             dims[d] = _through(ctx, node, x.dims[d], b_node is not None)
-        if x.dims[-1] is not None:
-            ctx.atoms.unify(x.dims[-1].atoms, ctx.param_atoms(w_node.target, 1, CONSUMER), "F.linear input")
-            require_zero(ctx, x.dims[-1], node, "the linear layer")
-        else:
-            ctx.block_if_shared(w_node.target, 1, node)
+    if in_lab is not None:
+        ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w_node.target, 1, CONSUMER), "F.linear input")
+        require_zero(ctx, in_lab, node, "the linear layer")
+    else:  # the weight's columns exist as atoms (get_attr): nothing may remove them
+        ctx.atoms.block(ctx.param_atoms(w_node.target, 1, CONSUMER),
+                        f"{ctx.describe(node)} reads them on untracked input channels")
     dims[-1] = DimLabel.fresh(out_atoms)
     return TensorLabels(tuple(out_shape), tuple(dims))

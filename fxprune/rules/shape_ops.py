@@ -67,7 +67,7 @@ def _merge(lab: DimLabel, sizes: list[int], pos: int) -> DimLabel:
     shape[pos] = sizes[pos]
     atoms = np.broadcast_to(lab.atoms.reshape(shape), sizes).ravel()
     nonzero = np.broadcast_to(lab.nonzero.reshape(shape), sizes).ravel()
-    return DimLabel(atoms, nonzero, static=False)  # its size now also counts batch/spatial elements
+    return DimLabel(atoms, nonzero)
 
 
 def _split(ctx, node, lab: DimLabel, sizes: list[int]) -> tuple[int, DimLabel | None]:
@@ -80,7 +80,7 @@ def _split(ctx, node, lab: DimLabel, sizes: list[int]) -> tuple[int, DimLabel | 
     nonzero = np.moveaxis(lab.nonzero.reshape(sizes), carrier, -1).reshape(-1, sizes[carrier])
     if rows.shape[0] > 1:  # the channel at index j of every other factor goes with index j
         ctx.atoms.unify(np.tile(rows[0], rows.shape[0] - 1), rows[1:].ravel(), "split")
-    return carrier, DimLabel(rows[0], nonzero.max(axis=0), lab.static)
+    return carrier, DimLabel(rows[0], nonzero.max(axis=0))
 
 
 def reshape_labels(ctx, node, x: TensorLabels | None, out_shape) -> TensorLabels:
@@ -142,9 +142,9 @@ def _size_args(node: fx.Node):
     return list(args)
 
 
-def _is_channel_count(arg: fx.Node) -> bool:
+def _mixes_runtime_sizes(arg: fx.Node) -> bool:
     value = arg.meta.get("fxprune.channels")
-    return isinstance(value, SizeTaint) and value.pure
+    return isinstance(value, SizeTaint) and not value.pure
 
 
 def _rewrite_reshape(rw, node):
@@ -158,9 +158,10 @@ def _rewrite_reshape(rw, node):
             continue
         if isinstance(sizes[d], int) and sizes[d] == -1:
             continue
-        # a size computed at run time stays symbolic unless the dim holds channels only: then the
-        # computation (e.g. C // groups) may refer to the dense count and the literal is the truth
-        if isinstance(sizes[d], fx.Node) and not (lab.static and _is_channel_count(sizes[d])):
+        # A size computed at run time from channel counts *and* other sizes (n * c, c * h * w)
+        # stays symbolic: it follows the compact tensor.  Any other computed size (C // groups,
+        # d // heads from an untouched input) may refer to dense counts: the literal is the truth.
+        if isinstance(sizes[d], fx.Node) and _mixes_runtime_sizes(sizes[d]):
             continue
         new = rw.kept_count(lab)
         if new != lab.size or isinstance(sizes[d], fx.Node):

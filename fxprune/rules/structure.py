@@ -26,8 +26,7 @@ def _concat_labels(parts: list[TensorLabels | None], shapes: list[tuple[int, ...
         else:
             atoms.append(lab.atoms)
             nonzero.append(lab.nonzero)
-    static = all(p is None or p.dims[dim] is None or p.dims[dim].static for p in parts)
-    return DimLabel(np.concatenate(atoms), np.concatenate(nonzero), static)
+    return DimLabel(np.concatenate(atoms), np.concatenate(nonzero))
 
 
 def _tensor_list(ctx, node):
@@ -185,7 +184,7 @@ def _rewrite_getitem(rw, node):
             new_items.append(it)
             continue
         lab = x_labels.dims[d]
-        if isinstance(it, slice) and lab is not None:
+        if isinstance(it, slice) and lab is not None and it != slice(None):
             kept = rw.kept(lab)
             start, stop, _ = it.indices(lab.size)
             new = slice(int(kept[:start].sum()), int(kept[:stop].sum()))
