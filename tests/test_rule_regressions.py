@@ -1,0 +1,114 @@
+"""Patterns from real architectures (timm, hand-written attention) that once broke a rule.
+
+Each builds a small module with the pattern, zeroes ZIGs, constructs with verify=True
+and compares outputs on a batch size other than the traced one.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+
+
+def _prune_and_compare(model, x, x_other, fraction=0.5):
+    space = fxprune.trace(model, x)
+    space.zero_random_groups(fraction, seed=0)
+    small = space.construct_subnet(verify=True)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x_other), model(x_other), rtol=1e-4, atol=1e-5)
+    return space, small
+
+
+class KeywordLinear(nn.Module):  # timm attention: F.linear(input=..., weight=..., bias=<computed>)
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.qkv = nn.Linear(16, 16, bias=False)
+        self.q_bias = nn.Parameter(torch.randn(16))
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.fc1(x))
+        return self.fc2(F.linear(input=x, weight=self.qkv.weight, bias=self.q_bias * 2))
+
+
+def test_functional_linear_by_keyword_with_a_computed_bias_is_a_barrier():
+    space, _ = _prune_and_compare(KeywordLinear().eval(), torch.randn(2, 8), torch.randn(3, 8))
+    fc1 = next(g for g in space.groups if g.name == "fc1.weight[dim 0]")
+    assert not fc1.prunable and "linear" in fc1.reason
+
+
+class TracedLinear(nn.Linear):  # like timm.layers.Linear: FX traces into F.linear with get_attr weights
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class FunctionalLinearOnInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = TracedLinear(8, 16)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x)))
+
+
+def test_functional_linear_on_untracked_input_keeps_its_columns():
+    space, small = _prune_and_compare(FunctionalLinearOnInput().eval(), torch.randn(2, 8), torch.randn(5, 8), 1.0)
+    assert small.fc.weight.shape[1] == 8
+    assert any(g.name == "fc.weight[dim 0]" and g.prunable for g in space.groups)
+
+
+class WeightReadForDtype(nn.Module):  # xcit: a weight read directly (get_attr) besides its module call
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(6, 8, 1)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        pos = torch.arange(24, device=x.device).reshape(1, 6, 2, 2).to(self.proj.weight.dtype).sin()
+        return x + self.out(torch.relu(self.proj(pos)))
+
+
+def test_directly_read_weight_keeps_dims_no_op_couples():
+    _, small = _prune_and_compare(WeightReadForDtype().eval(), torch.randn(1, 3, 2, 2), torch.randn(2, 3, 2, 2), 1.0)
+    assert small.proj.in_channels == 6
+
+
+class ClassAttentionLike(nn.Module):  # cait/gcvit: reshape back to (B, N, C) with C the residual width
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        x = self.norm(x)
+        b, n, c = x.shape
+        v = torch.relu(self.v(x).reshape(b, n, self.heads, c // self.heads).permute(0, 2, 1, 3))
+        return self.proj(v.transpose(1, 2).reshape(b, n, c))
+
+
+def test_reshape_size_read_from_another_tensor_is_rewritten():
+    _, small = _prune_and_compare(ClassAttentionLike().eval(), torch.randn(1, 3, 16), torch.randn(2, 4, 16))
+    assert small.v.out_features < 16 and small.v.out_features % 2 == 0
+
+
+class QueryAgainstUntrackedKeys(nn.Module):  # halonet: keys come through an op without a rule
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+        self.k = nn.Linear(8, 8)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        q = self.q(x)
+        k = self.k(x).flip(-1)  # flip has no rule: k's channels are untracked
+        return self.out(q @ k.transpose(-1, -2))
+
+
+def test_contraction_with_an_untracked_operand_keeps_the_width():
+    space, _ = _prune_and_compare(QueryAgainstUntrackedKeys().eval(), torch.randn(1, 5, 8), torch.randn(2, 5, 8))
+    q = next(g for g in space.groups if g.name == "q.weight[dim 0]")
+    assert not q.prunable and "untracked" in q.reason
