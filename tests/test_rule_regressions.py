@@ -112,3 +112,31 @@ def test_contraction_with_an_untracked_operand_keeps_the_width():
     space, _ = _prune_and_compare(QueryAgainstUntrackedKeys().eval(), torch.randn(1, 5, 8), torch.randn(2, 5, 8))
     q = next(g for g in space.groups if g.name == "q.weight[dim 0]")
     assert not q.prunable and "untracked" in q.reason
+
+
+class BatchNormAct(nn.BatchNorm2d):  # like timm's BatchNormAct2d: FX traces into F.batch_norm
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps)
+        return torch.relu(x)
+
+
+class ConvBnAct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = BatchNormAct(8)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.conv2(self.bn1(self.conv1(x)))
+
+
+def test_functional_batch_norm_prunes_with_its_stored_tensors():
+    model = ConvBnAct().eval()
+    with torch.no_grad():
+        model.bn1.running_mean.uniform_(-1, 1)
+        model.bn1.running_var.uniform_(0.5, 2)
+    space, small = _prune_and_compare(model, torch.randn(1, 3, 6, 6), torch.randn(2, 3, 6, 6))
+    group = next(g for g in space.groups if g.name == "conv1.weight[dim 0]")
+    assert group.prunable and {s.name for s in group.slices} >= {"bn1.weight", "bn1.running_var"}
+    assert small.bn1.running_mean.shape[0] == small.conv1.out_channels < 8

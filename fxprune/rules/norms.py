@@ -131,3 +131,27 @@ def _functional_layer_norm(ctx, node):
         if k in node.kwargs:
             ctx.block_value(ctx.value(node.kwargs[k]), f"{ctx.describe(node)} normalises over these channels")
     return _layer_norm_over(ctx, node, ctx.labels(node.args[0]), n)
+
+
+@RULES.function(F.batch_norm)
+def _functional_batch_norm(ctx, node):
+    """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` with stored tensors (timm's BatchNormAct)."""
+    from passes.channel_analysis import unknown_op
+
+    x = ctx.labels(ctx.arg(node, 0, "input"))
+    names = ("running_mean", "running_var", "weight", "bias")
+    tensors = {k: ctx.arg(node, i + 1, k) for i, k in enumerate(names)}
+    if x is None or x.ndim < 2 or any(t is not None and getattr(t, "op", None) != "get_attr" for t in tensors.values()):
+        return unknown_op(ctx, node)
+    out = elementwise(ctx, node, [x], KEEP)
+    _block_statistics_dims(ctx, node, x, 1)
+    lab = x.dims[1]
+    if lab is None:
+        return out  # the stored tensors stay whole (nothing couples them)
+    for k, t in tensors.items():
+        if t is not None:
+            role = BUFFER if k.startswith("running") else PRODUCER
+            ctx.atoms.unify(lab.atoms, ctx.param_atoms(t.target, 0, role), ctx.describe(node))
+    if tensors["weight"] is not None and tensors["bias"] is not None:
+        return set_nonzero(out, [1], 0)  # scale and shift zeroed with the channel
+    return set_nonzero(out, [1], ctx.code(node)) if tensors["running_mean"] is not None else out
