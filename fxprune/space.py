@@ -12,7 +12,7 @@ from tabulate import tabulate
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from passes.channel_analysis import AtomTable, analyze_channels
+from passes.channel_analysis import AtomTable, analyze_channels, fetch_attr
 from passes.shape_prop import propagate_shapes
 from passes.slice_rewrite import build_compact, rescue_empty_dims
 from passes.verify import compare_outputs
@@ -106,12 +106,7 @@ class PruneSpace:
 
     def _tensor(self, name: str) -> torch.Tensor:
         named = self._params()
-        if name in named:
-            return named[name]
-        obj = self.graph_module
-        for part in name.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return named[name] if name in named else fetch_attr(self.graph_module, name)
 
     def zig_abs_max(self) -> torch.Tensor:
         """max |x| over each prunable ZIG's producer slices (float64, [num_zigs])."""

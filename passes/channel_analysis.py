@@ -125,7 +125,7 @@ class AnalysisContext:
             self._named_tensors.update(dict(self.gm.named_buffers(remove_duplicate=False)))
         if name in self._named_tensors:
             return self._named_tensors[name]
-        return _fetch_attr(self.gm, name)
+        return fetch_attr(self.gm, name)
 
     def canonical_name(self, name: str) -> str:
         """The first name (in ``named_parameters`` order) of the tensor ``name`` refers to."""
@@ -201,7 +201,8 @@ def _iter_atoms(value: Any):
             yield from _iter_atoms(v)
 
 
-def _fetch_attr(root: nn.Module, target: str) -> Any:
+def fetch_attr(root: nn.Module, target: str) -> Any:
+    """``root.a.b.c`` for the dotted name ``'a.b.c'``."""
     obj = root
     for part in target.split("."):
         obj = getattr(obj, part)
@@ -338,4 +339,4 @@ def _block_unclaimed(table: AtomTable) -> None:
             table.block(pd.atoms, f"no op gives dimension {pd.dim} of '{pd.name}' a channel meaning")
 
 
-__all__ = ["analyze_channels", "AnalysisContext", "AtomTable", "ParamDim", "META_KEY", "unknown_op", "blank_like"]
+__all__ = ["analyze_channels", "AnalysisContext", "AtomTable", "ParamDim", "META_KEY", "unknown_op", "blank_like", "fetch_attr"]

@@ -19,7 +19,7 @@ from torch import nn
 from fxprune.labels import DimLabel, TensorLabels
 from fxprune.rules import RULES
 
-from .channel_analysis import META_KEY, AtomTable
+from .channel_analysis import META_KEY, AtomTable, fetch_attr
 
 
 class RewriteContext:
@@ -108,13 +108,6 @@ def _copy_root(gm: fx.GraphModule, replacements: dict[int, torch.Tensor]) -> nn.
     return root
 
 
-def _get_tensor(root: nn.Module, name: str) -> torch.Tensor:
-    obj = root
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def sliced_tensors(gm: fx.GraphModule, table: AtomTable, removed_atom: np.ndarray) -> dict[int, torch.Tensor]:
     """New tensors (keyed by the id of the old one) for every parameter/buffer that loses channels."""
     keeps: dict[str, dict[int, np.ndarray]] = {}
@@ -125,7 +118,7 @@ def sliced_tensors(gm: fx.GraphModule, table: AtomTable, removed_atom: np.ndarra
     out = {}
     with torch.no_grad():
         for name, dims in keeps.items():
-            old = _get_tensor(gm, name)
+            old = fetch_attr(gm, name)
             t = old.detach()
             for dim, keep in dims.items():
                 t = t.index_select(dim, torch.as_tensor(keep, device=t.device))
