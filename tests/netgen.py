@@ -263,7 +263,7 @@ class Shuffle(nn.Module):
 
 
 def draw_shuffle(draw, c):
-    return {"groups": draw(st.sampled_from([d for d in divisors(c) if d > 1]))}, c
+    return {"groups": draw(st.sampled_from([d for d in divisors(c) if d > 1]))}, c  # c >= 2: c divides itself
 
 
 class SqueezeExcite(nn.Module):
@@ -734,6 +734,8 @@ def net_specs(draw, max_blocks: int = 8, kinds: tuple[str, ...] = KINDS) -> NetS
         kind = draw(st.sampled_from(kinds))
         if kind == "down" and side < 2 or kind == "up" and side > 8:
             kind = "bn"  # keep the spatial size in [1, 16]
+        if kind == "split" and c < 2 or kind == "shuffle" and c < 2:
+            kind = "bn"  # a single channel cannot be split or shuffled
         o, c_out = BLOCKS[kind][0](draw, c, side) if kind in NEEDS_SIDE else BLOCKS[kind][0](draw, c)
         side = SPATIAL[kind](side) if kind in SPATIAL else side
         assert block_out(kind, c, o) == c_out, (kind, c, o, c_out)
