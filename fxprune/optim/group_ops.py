@@ -88,18 +88,10 @@ class ZigIndex:
         return id(param) in self.slices_of
 
     def row_zig(self, device: torch.device) -> torch.Tensor:
-        cached = self._row_zig_by_device.get(device)
-        if cached is None:
-            cached = self._row_zig_cpu.to(device)
-            self._row_zig_by_device[device] = cached
-        return cached
+        return _on_device(self._row_zig_by_device, self._row_zig_cpu, device)
 
     def row_slice(self, device: torch.device) -> torch.Tensor:
-        cached = self._row_slice_by_device.get(device)
-        if cached is None:
-            cached = self._row_slice_cpu.to(device)
-            self._row_slice_by_device[device] = cached
-        return cached
+        return _on_device(self._row_slice_by_device, self._row_slice_cpu, device)
 
     def slices_with(self, row_flags: torch.Tensor) -> list[int]:
         """Per slice, how many of its rows have ``row_flags`` set (bool [num_rows]; one host sync)."""
@@ -193,3 +185,11 @@ class Scratch:
             buf = torch.empty(like.numel(), dtype=dtype, device=like.device)
             self._buffers[key] = buf
         return buf
+
+
+def _on_device(cache: dict, cpu_tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``cpu_tensor`` moved to ``device`` once, then served from ``cache``."""
+    moved = cache.get(device)
+    if moved is None:
+        moved = cache[device] = cpu_tensor.to(device)
+    return moved
