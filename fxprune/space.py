@@ -80,7 +80,7 @@ class PruneSpace:
             except AttributeError:
                 return []  # not used by the traced forward (e.g. aux heads in eval mode)
             return ["not coupled to any channel (no rule gave this dimension a meaning)"] * size
-        return [self._zigs.reasons[c] for c in self._zigs.atom_zig[pd.atoms]]
+        return [self._zigs.reason(c) for c in self._zigs.atom_zig[pd.atoms].tolist()]
 
     def summary(self, max_rows: int | None = None) -> str:
         zero = self.zero_zigs().numpy()

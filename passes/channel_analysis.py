@@ -53,6 +53,8 @@ class AtomTable:
 
     def unify(self, a: np.ndarray, b: np.ndarray, reason_if_untracked: str) -> None:
         """Atoms at equal positions of ``a`` and ``b`` must be pruned together."""
+        if a is b:  # a parameter dim that adopted these atoms (see ``AnalysisContext.param_atoms``)
+            return
         a = np.asarray(a, dtype=np.int64).ravel()
         b = np.asarray(b, dtype=np.int64).ravel()
         both = (a >= 0) & (b >= 0)
@@ -76,6 +78,8 @@ class AnalysisContext:
         self._canonical: dict[int, str] | None = None
         self._uses: dict[str, int] | None = None
         self._tied: set[int] = set()
+        self._modules: dict[str, nn.Module] = {}
+        self._descriptions: dict[fx.Node, str] = {}
 
     # -- reading the node --------------------------------------------------
     def value(self, arg: Any) -> Any:
@@ -108,10 +112,16 @@ class AnalysisContext:
         return self.codes[node]
 
     def describe(self, node: fx.Node) -> str:
-        return describe_node(self.gm, node)
+        text = self._descriptions.get(node)
+        if text is None:  # reasons name the node often: get_submodule walks the path each time
+            text = self._descriptions[node] = describe_node(self.gm, node, self.module(node) if node.op == "call_module" else None)
+        return text
 
     def module(self, node: fx.Node) -> nn.Module:
-        return self.gm.get_submodule(node.target)
+        m = self._modules.get(node.target)
+        if m is None:
+            m = self._modules[node.target] = self.gm.get_submodule(node.target)
+        return m
 
     def arg(self, node: fx.Node, index: int, name: str, default: Any = None) -> Any:
         if len(node.args) > index:
@@ -160,15 +170,22 @@ class AnalysisContext:
             self._param_ids = {id(p) for _, p in self.gm.named_parameters(remove_duplicate=False)}
         return id(self.tensor_by_name(name)) not in self._param_ids
 
-    def param_atoms(self, name: str, dim: int, role: str | None) -> np.ndarray:
-        """Atoms of ``name``'s dimension ``dim`` (created on first use, shared by every use)."""
+    def param_atoms(self, name: str, dim: int, role: str | None, like: np.ndarray | None = None) -> np.ndarray:
+        """Atoms of ``name``'s dimension ``dim`` (created on first use, shared by every use).
+
+        ``like``: atoms the caller is about to unify this dimension with.  On first use,
+        when they are all tracked and the sizes match, the dimension adopts them instead
+        of creating fresh atoms: the same components with fewer atoms and edges.
+        """
         name = self.canonical_name(name)  # a tied tensor has one set of atoms, whatever name reaches it
         key = (name, dim)
         pd = self.atoms.param_dims.get(key)
         if pd is None:
             size = self.tensor_by_name(name).shape[dim]
             is_buffer = self.is_buffer(name)
-            pd = ParamDim(name, dim, self.atoms.new(size), BUFFER if is_buffer else role, is_buffer)
+            adopt = like is not None and like.shape == (size,) and (size == 0 or like.min() >= 0)
+            atoms = like if adopt else self.atoms.new(size)
+            pd = ParamDim(name, dim, atoms, BUFFER if is_buffer else role, is_buffer)
             self.atoms.param_dims[key] = pd
         elif pd.is_buffer:
             pass
@@ -209,10 +226,10 @@ def fetch_attr(root: nn.Module, target: str) -> Any:
     return obj
 
 
-def describe_node(gm: fx.GraphModule, node: fx.Node) -> str:
+def describe_node(gm: fx.GraphModule, node: fx.Node, module: nn.Module | None = None) -> str:
     """A short human name for a node's op: ``'layer1.0.conv1' (Conv2d)``, ``torch.cat``, ``.view``."""
     if node.op == "call_module":
-        return f"'{node.target}' ({type(gm.get_submodule(node.target)).__name__})"
+        return f"'{node.target}' ({type(module if module is not None else gm.get_submodule(node.target)).__name__})"
     if node.op == "call_method":
         return f"'.{node.target}()' at node '{node.name}'"
     if node.op == "call_function":
@@ -263,7 +280,7 @@ _INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itru
 _NOT_MUTATING_METHODS = {"requires_grad_", "retain_grad"}
 
 
-def _mutated_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+def _mutated_input(ctx: AnalysisContext, node: fx.Node) -> fx.Node | None:
     """The argument an in-place op writes to (``x.add_(y)``, ``x += y``, ``ReLU(inplace=True)``)."""
     if not node.args or not isinstance(node.args[0], fx.Node):
         return None
@@ -271,7 +288,7 @@ def _mutated_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
         return node.args[0]
     if node.op == "call_function" and (node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace") is True):
         return node.args[0]
-    if node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False) is True:
+    if node.op == "call_module" and getattr(ctx.module(node), "inplace", False) is True:
         return node.args[0]
     return None
 
@@ -310,11 +327,11 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
         elif node.op == "output":
             result = _output(ctx, node)
         else:
-            rule = RULES.lookup(node, gm)
+            rule = RULES.lookup(node, gm, ctx.module(node) if node.op == "call_module" else None)
             result = unknown_op(ctx, node) if rule is None else rule.analyze(ctx, node)
         ctx.env[node] = result
         node.meta[META_KEY] = result
-        mutated = _mutated_input(gm, node)
+        mutated = _mutated_input(ctx, node)
         if mutated is not None and isinstance(result, TensorLabels):
             if _is_view(mutated) and _changes_zeros(ctx.env.get(mutated), result):
                 # the write also lands in the tensor this is a view of, which fxprune does not follow

@@ -9,6 +9,7 @@ stream).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,13 +41,12 @@ def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> 
     return comp.astype(np.int64)
 
 
-@dataclass(frozen=True)
-class ParamSlice:
+class ParamSlice(NamedTuple):
     """The indices ``indices`` along ``dim`` of parameter/buffer ``name`` that one group couples."""
 
     name: str
     dim: int
-    indices: tuple[int, ...]
+    indices: np.ndarray  # int64, ascending, read-only
     role: str
 
 
@@ -73,10 +73,16 @@ class ZigIndex:
     atom_zig: np.ndarray  # [n_atoms] component id of each atom
     num_components: int
     prunable: np.ndarray  # bool [num_components]
-    reasons: tuple[str | None, ...]  # per component: why it is not prunable
+    reason_id: np.ndarray  # int64 [num_components]: index into reason_texts, -1 if prunable
+    reason_texts: tuple[str, ...]
     prunable_id: np.ndarray  # int64 [num_components]: index among prunable ZIGs, -1 if not prunable
     groups: tuple[Group, ...]
     layout: ZigLayout
+
+    def reason(self, component: int) -> str | None:
+        """Why ZIG ``component`` is not prunable (None when it is)."""
+        r = int(self.reason_id[component])
+        return self.reason_texts[r] if r >= 0 else None
 
 
 def build_zigs(table: AtomTable) -> ZigIndex:
@@ -88,76 +94,107 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     for i in range(len(table.blocks) - 1, -1, -1):
         reason_id[comp[table.blocks[i][0]]] = i
     has_producer = np.zeros(n_comp, dtype=bool)
-    for pd in table.param_dims.values():
-        if pd.role == PRODUCER:
-            has_producer[comp[pd.atoms]] = True
+    producer_atoms = [pd.atoms for pd in table.param_dims.values() if pd.role == PRODUCER]
+    if producer_atoms:
+        has_producer[comp[np.concatenate(producer_atoms)]] = True
     no_producer = (~has_producer) & (reason_id < 0)
     reason_texts.append("no parameter produces these channels (only consumers read them)")
     reason_id[no_producer] = len(reason_texts) - 1
-    reasons = tuple(reason_texts[r] if r >= 0 else None for r in reason_id)
     prunable = reason_id < 0
+    n_prunable = int(prunable.sum())
     prunable_id = np.full(n_comp, -1, dtype=np.int64)
-    prunable_id[prunable] = np.arange(int(prunable.sum()))
+    prunable_id[prunable] = np.arange(n_prunable)
 
-    groups = _group_zigs(table, comp, n_comp, reason_id, reasons)
-    zig_group = np.zeros(int(prunable.sum()), dtype=np.int64)
-    for g in groups:
-        ids = prunable_id[list(g.zigs)]
-        zig_group[ids[ids >= 0]] = g.id
+    groups, group_of = _group_zigs(table, comp, n_comp, reason_id, reason_texts)
+    zig_group = np.zeros(n_prunable, dtype=np.int64)
+    zig_group[prunable_id[prunable]] = group_of[prunable]
     maps = []
     for (name, dim), pd in table.param_dims.items():
         zig = prunable_id[comp[pd.atoms]]
         if (zig >= 0).any():
-            maps.append(SliceMap(name, dim, torch.from_numpy(zig.copy()), pd.role))
-    layout = ZigLayout(int(prunable.sum()), tuple(maps), torch.from_numpy(zig_group))
-    return ZigIndex(comp, n_comp, prunable, reasons, prunable_id, tuple(groups), layout)
+            maps.append(SliceMap(name, dim, torch.from_numpy(zig), pd.role))
+    layout = ZigLayout(n_prunable, tuple(maps), torch.from_numpy(zig_group))
+    return ZigIndex(comp, n_comp, prunable, reason_id, tuple(reason_texts), prunable_id, tuple(groups), layout)
 
 
 def _distinct(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (np.unique's hashing path is slow for many small arrays)."""
+    """Sorted distinct values (np.unique's hashing path is slow on large arrays)."""
     s = np.sort(a)
     return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
 
 
-def _group_zigs(table: AtomTable, comp: np.ndarray, n_comp: int, reason_id: np.ndarray, reasons) -> list[Group]:
-    """Cluster components by (the set of parameter dims they touch, their reason), vectorised.
+def _runs(sorted_keys: np.ndarray) -> tuple[list[int], list[int]]:
+    """Start and end offsets of the runs of equal values in a sorted array."""
+    if not sorted_keys.size:
+        return [], []
+    cuts = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    return np.concatenate(([0], cuts)).tolist(), np.concatenate((cuts, [sorted_keys.size])).tolist()
+
+
+def _group_zigs(table: AtomTable, comp: np.ndarray, n_comp: int, reason_id: np.ndarray,
+                reason_texts: list[str]) -> tuple[list[Group], np.ndarray]:
+    """Cluster components by (the set of parameter dims they touch, their reason).
 
     A component's signature is a sum of random 64-bit keys, one per distinct parameter
-    dimension it touches: equal sets give equal sums, different sets collide with
-    probability ~2^-64.
+    dimension it touches, plus a random key for its reason: equal sets give equal
+    signatures, different sets collide with probability ~2^-64.  Returns the groups and
+    each component's group id.  One pass of array ops per parameter dimension, none per
+    channel.
     """
     rng = np.random.default_rng(0)
-    keys = list(table.param_dims)
-    key_hash = rng.integers(0, 2**63 - 1, size=len(keys), dtype=np.int64).astype(np.uint64)
-    pair_comp = np.concatenate([comp[table.param_dims[k].atoms] for k in keys]) if keys else np.zeros(0, np.int64)
-    pair_key = np.concatenate([np.full(table.param_dims[k].atoms.size, i) for i, k in enumerate(keys)]) \
-        if keys else np.zeros(0, np.int64)
-    pairs = _distinct(pair_comp * max(len(keys), 1) + pair_key)
-    signature = np.zeros(n_comp, dtype=np.uint64)
-    np.add.at(signature, pairs // max(len(keys), 1), key_hash[pairs % max(len(keys), 1)])
-    table_sig = np.stack([signature.view(np.int64), reason_id])
-    _, first, group_of = np.unique(table_sig, axis=1, return_index=True, return_inverse=True)
+    dims = list(table.param_dims.values())
+    key_hash = rng.integers(0, 2**63 - 1, size=max(len(dims), 1), dtype=np.int64).astype(np.uint64)
+    reason_hash = rng.integers(0, 2**63 - 1, size=len(reason_texts) + 1, dtype=np.int64).astype(np.uint64)
+    # parameter dims that adopted the same atoms (a norm's scale, shift and statistics) share one array
+    shared: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for pd in dims:
+        if id(pd.atoms) not in shared:
+            c = comp[pd.atoms]
+            shared[id(pd.atoms)] = (c, _distinct(c))
+    signature = reason_hash[reason_id + 1]
+    for k, pd in enumerate(dims):
+        signature[shared[id(pd.atoms)][1]] += key_hash[k]  # distinct indices: fancy += is exact (uint64 wraps)
+    _, first, group_of = np.unique(signature, return_index=True, return_inverse=True)
     group_of = group_of.ravel()
     order = np.argsort(first, kind="stable")  # number groups in order of their first component
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
     group_of = rank[group_of]
     n_groups = order.size
-    members = [[] for _ in range(n_groups)]
-    for c, g in enumerate(group_of.tolist()):
-        members[g].append(c)
+
+    by_group = np.argsort(group_of, kind="stable")
+    starts, ends = _runs(group_of[by_group])
+    by_group_list = by_group.tolist()
+    members = [tuple(by_group_list[a:b]) for a, b in zip(starts, ends)]
+
+    # one slice per (group, parameter dim), in parameter-dim creation (graph) order
     slices: list[list[ParamSlice]] = [[] for _ in range(n_groups)]
-    for key in keys:  # creation order = graph order
-        pd = table.param_dims[key]
-        grp = group_of[comp[pd.atoms]]
-        distinct = [int(grp[0])] if (grp == grp[0]).all() else _distinct(grp).tolist()
-        for g in distinct:
-            idx = np.flatnonzero(grp == g)
-            slices[g].append(ParamSlice(pd.name, pd.dim, tuple(idx.tolist()), pd.role))
+    pieces: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for pd in dims:
+        if id(pd.atoms) not in pieces:
+            pieces[id(pd.atoms)] = _split_by_group(group_of[shared[id(pd.atoms)][0]])
+        for g, indices in pieces[id(pd.atoms)]:
+            slices[g].append(ParamSlice(pd.name, pd.dim, indices, pd.role))
     groups = []
     for g in range(n_groups):
         producers = [s for s in slices[g] if s.role == PRODUCER] or slices[g]
         name = f"{producers[0].name}[dim {producers[0].dim}]" if producers else f"group {g}"
-        reason = reasons[members[g][0]]
-        groups.append(Group(g, name, tuple(members[g]), tuple(slices[g]), reason is None, reason))
-    return groups
+        r = int(reason_id[members[g][0]])
+        reason = reason_texts[r] if r >= 0 else None
+        groups.append(Group(g, name, members[g], tuple(slices[g]), reason is None, reason))
+    return groups, group_of
+
+
+def _split_by_group(grp: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """``(group, ascending positions)`` for each group present in ``grp`` (positions read-only)."""
+    if not grp.size:
+        return []
+    if grp[0] == grp[-1] and (grp == grp[0]).all():  # the common case: the whole dim is one group
+        positions = np.arange(grp.size, dtype=np.int64)
+        positions.flags.writeable = False
+        return [(int(grp[0]), positions)]
+    by_group = np.argsort(grp, kind="stable")  # stable: positions stay ascending within a group
+    by_group.flags.writeable = False
+    sorted_grp = grp[by_group]
+    starts, ends = _runs(sorted_grp)
+    return [(g, by_group[a:b]) for g, a, b in zip(sorted_grp[starts].tolist(), starts, ends)]

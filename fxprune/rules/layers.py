@@ -49,12 +49,12 @@ def _conv(ctx, node):
     w, b = f"{node.target}.weight", f"{node.target}.bias"
     out_atoms = ctx.param_atoms(w, 0, PRODUCER)
     if m.bias is not None:
-        ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER), "bias")
+        ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER, like=out_atoms), "bias")
     in_lab = x.dims[channel_dim] if x is not None else None
     groups = m.groups
     if groups == 1:
         if in_lab is not None:
-            ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER), f"{ctx.describe(node)} input")
+            ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER, like=in_lab.atoms), f"{ctx.describe(node)} input")
             require_zero(ctx, in_lab, node, "the convolution")
         else:
             ctx.block_if_shared(w, 1, node)
@@ -96,14 +96,14 @@ def _linear(ctx, node):
     w, b = f"{node.target}.weight", f"{node.target}.bias"
     out_atoms = ctx.param_atoms(w, 0, PRODUCER)
     if m.bias is not None:
-        ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER), "bias")
+        ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER, like=out_atoms), "bias")
     dims = [None] * len(out_shape)
     if x is not None:
         for d in range(x.ndim - 1):  # leading dims (batch, tokens, heads...) pass through
             dims[d] = _through(ctx, node, x.dims[d], m.bias is not None)
         in_lab = x.dims[-1]
         if in_lab is not None:
-            ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER), f"{ctx.describe(node)} input")
+            ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER, like=in_lab.atoms), f"{ctx.describe(node)} input")
             require_zero(ctx, in_lab, node, "the linear layer")
         else:
             ctx.block_if_shared(w, 1, node)
@@ -138,14 +138,14 @@ def _functional_linear(ctx, node):
         return unknown_op(ctx, node)
     out_atoms = ctx.param_atoms(w_node.target, 0, PRODUCER)
     if b_node is not None:
-        ctx.atoms.unify(out_atoms, ctx.param_atoms(b_node.target, 0, PRODUCER), "bias")
+        ctx.atoms.unify(out_atoms, ctx.param_atoms(b_node.target, 0, PRODUCER, like=out_atoms), "bias")
     dims = [None] * len(out_shape)
     in_lab = x.dims[-1] if x is not None else None
     if x is not None:
         for d in range(x.ndim - 1):
             dims[d] = _through(ctx, node, x.dims[d], b_node is not None)
     if in_lab is not None:
-        ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w_node.target, 1, CONSUMER), "F.linear input")
+        ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w_node.target, 1, CONSUMER, like=in_lab.atoms), "F.linear input")
         require_zero(ctx, in_lab, node, "the linear layer")
     else:  # the weight's columns exist as atoms (get_attr): nothing may remove them
         ctx.atoms.block(ctx.param_atoms(w_node.target, 1, CONSUMER),

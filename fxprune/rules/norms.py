@@ -32,7 +32,7 @@ def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> None:
         return
     for pname, role in (("weight", PRODUCER), ("bias", PRODUCER), ("running_mean", BUFFER), ("running_var", BUFFER)):
         if getattr(m, pname, None) is not None:
-            ctx.atoms.unify(lab.atoms, ctx.param_atoms(f"{node.target}.{pname}", 0, role), f"{ctx.describe(node)}")
+            ctx.atoms.unify(lab.atoms, ctx.param_atoms(f"{node.target}.{pname}", 0, role, like=lab.atoms), ctx.describe(node))
 
 
 def _block_statistics_dims(ctx, node, x: TensorLabels, channel_dim: int) -> None:
@@ -151,7 +151,7 @@ def _functional_batch_norm(ctx, node):
     for k, t in tensors.items():
         if t is not None:
             role = BUFFER if k.startswith("running") else PRODUCER
-            ctx.atoms.unify(lab.atoms, ctx.param_atoms(t.target, 0, role), ctx.describe(node))
+            ctx.atoms.unify(lab.atoms, ctx.param_atoms(t.target, 0, role, like=lab.atoms), ctx.describe(node))
     if tensors["weight"] is not None and tensors["bias"] is not None:
         return set_nonzero(out, [1], 0)  # scale and shift zeroed with the channel
     return set_nonzero(out, [1], ctx.code(node)) if tensors["running_mean"] is not None else out

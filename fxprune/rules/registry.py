@@ -26,6 +26,7 @@ class RuleRegistry:
         self.functions: dict[Any, Rule] = {}
         self.methods: dict[str, Rule] = {}
         self.modules: dict[type, Rule] = {}
+        self._by_class: dict[type, Rule | None] = {}  # MRO lookups, cleared on every registration
 
     def function(self, *targets, rewrite=None):
         def deco(fn):
@@ -47,22 +48,26 @@ class RuleRegistry:
     def module(self, *classes, rewrite=None):
         def deco(fn):
             for c in classes:
-                self.modules[c] = Rule(fn, rewrite)
+                self.add_module_rule(c, Rule(fn, rewrite))
             return fn
 
         return deco
 
-    def lookup(self, node, root: nn.Module) -> Rule | None:
+    def add_module_rule(self, cls: type, rule: Rule) -> None:
+        self.modules[cls] = rule
+        self._by_class.clear()
+
+    def lookup(self, node, root: nn.Module, module: nn.Module | None = None) -> Rule | None:
+        """The rule for ``node``; ``module``, when given, is ``root``'s submodule ``node`` calls."""
         if node.op == "call_function":
             return self.functions.get(node.target)
         if node.op == "call_method":
             return self.methods.get(node.target)
         if node.op == "call_module":
-            module = root.get_submodule(node.target)
-            for cls in type(module).__mro__:
-                rule = self.modules.get(cls)
-                if rule is not None:
-                    return rule
+            cls = type(module if module is not None else root.get_submodule(node.target))
+            if cls not in self._by_class:
+                self._by_class[cls] = next((self.modules[c] for c in cls.__mro__ if c in self.modules), None)
+            return self._by_class[cls]
         return None
 
 
@@ -71,7 +76,7 @@ RULES = RuleRegistry()
 
 def register_module_rule(module_class: type, analyze, rewrite=None) -> None:
     """Teach fxprune a custom leaf module's channel semantics (see the README)."""
-    RULES.modules[module_class] = Rule(analyze, rewrite)
+    RULES.add_module_rule(module_class, Rule(analyze, rewrite))
 
 
 def register_function_rule(function, analyze, rewrite=None) -> None:
