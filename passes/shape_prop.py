@@ -1,8 +1,8 @@
 """Shape propagation without real compute: every node gets ``node.meta["val"]``.
 
-First choice: run a twin of the graph module whose parameters and buffers are
-meta-device tensors (no data, no compute; the user's tensors are never read or
-written).  If some op has no meta kernel, fall back to FakeTensorMode, which swaps
+First choice: closed-form shapes for the most common ops (``fast_shapes``); for the
+rest, run a twin of the graph module whose parameters and buffers are meta-device
+tensors (no data, no compute; the user's tensors are never read or written).  If some op has no meta kernel, fall back to FakeTensorMode, which swaps
 fake copies in per module call (slower, more general).
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 
 from fxprune.errors import InputError
+
+from . import fast_shapes
 
 
 class _FakeInterpreter(fx.Interpreter):
@@ -54,15 +56,6 @@ class _FakeInterpreter(fx.Interpreter):
             raise error from exc
         n.meta["val"] = result
         return result
-
-
-# Leaf modules whose output has exactly the input's shape and dtype: no need to run them
-# (BatchNorm on meta tensors goes through a slow Python decomposition).
-_SHAPE_PRESERVING = (
-    torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.ReLU, torch.nn.ReLU6,
-    torch.nn.GELU, torch.nn.SiLU, torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.Sigmoid, torch.nn.Tanh,
-    torch.nn.Dropout, torch.nn.Identity, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.Mish,
-)
 
 
 def _run_for_real(fn, args, kwargs):
@@ -105,9 +98,9 @@ class _RecordingInterpreter(fx.Interpreter):
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
-        if (isinstance(module, _SHAPE_PRESERVING) and len(args) == 1 and not kwargs
-                and isinstance(args[0], torch.Tensor) and args[0].ndim >= 2):
-            return torch.empty_like(args[0])
+        shortcut = fast_shapes.module_output(module, args, kwargs)
+        if shortcut is not None:
+            return shortcut
         if target not in self._twins:
             self._twins[target] = _meta_module(module)
         try:
@@ -120,10 +113,17 @@ class _RecordingInterpreter(fx.Interpreter):
         return _to_meta(value) if isinstance(value, torch.Tensor) else value
 
     def call_function(self, target, args, kwargs):
+        shortcut = fast_shapes.function_output(target, args, kwargs)
+        if shortcut is not None:
+            return shortcut
         try:
             return super().call_function(target, args, kwargs)
         except Exception:  # an fx.wrap-ed function that reads values
             return _run_for_real(target, args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        shortcut = fast_shapes.method_output(target, args, kwargs)
+        return shortcut if shortcut is not None else super().call_method(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)

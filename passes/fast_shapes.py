@@ -1,0 +1,217 @@
+"""Closed-form output shapes for the most common ops, so shape propagation skips the meta kernels.
+
+Running an op on meta tensors costs 50-700 us (many meta kernels are Python
+decompositions); the formulas here cost a few microseconds.  Each function returns
+a meta tensor, or ``None`` when its preconditions do not hold (odd dtypes, mismatched
+channel counts, unusual arguments): the caller then runs the real meta kernel, which
+also produces the proper error for bad inputs.  So a shortcut never accepts what the
+op itself would reject.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _empty(shape, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _like(x: torch.Tensor) -> torch.Tensor:
+    # torch.empty_like on a meta tensor goes through a slow Python reference
+    return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+
+
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """``torch.broadcast_shapes`` for two shapes (that one is written in Python and slow); None if they do not broadcast."""
+    if len(a) < len(b):
+        a, b = b, a
+    out = list(a)
+    offset = len(a) - len(b)
+    for i, s in enumerate(b):
+        t = out[offset + i]
+        if s == t or s == 1:
+            continue
+        if t == 1:
+            out[offset + i] = s
+        else:
+            return None
+    return tuple(out)
+
+
+# Elementwise ops whose result has the promoted dtype of float operands (no int->float
+# changes, no bool outputs): only float tensors of one dtype take the shortcut.
+_ELEMENTWISE_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
+    operator.itruediv, operator.neg, torch.add, torch.sub, torch.mul, torch.div, torch.relu, torch.sigmoid,
+    torch.tanh, torch.neg, F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh,
+    F.dropout, F.leaky_relu, F.elu, F.mish,
+}
+_ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "relu", "relu_", "sigmoid",
+                        "sigmoid_", "tanh", "neg"}
+_IN_PLACE = {operator.iadd, operator.isub, operator.imul, operator.itruediv, "add_", "sub_", "mul_", "div_", "relu_",
+             "sigmoid_"}
+_SHAPE_PRESERVING_MODULES = (
+    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU,
+    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity, nn.LeakyReLU, nn.ELU, nn.Mish,
+)
+
+
+def _elementwise(args, kwargs, in_place: bool = False) -> torch.Tensor | None:
+    """Float tensors of one dtype combined with Python numbers: broadcast shape, same dtype."""
+    shape, dtype = None, None
+    for a in list(args) + [v for k, v in kwargs.items() if k in ("other", "input", "alpha")]:
+        if isinstance(a, torch.Tensor):
+            if not a.is_floating_point() or (dtype is not None and a.dtype != dtype):
+                return None
+            dtype = a.dtype
+            shape = tuple(a.shape) if shape is None else _broadcast(shape, tuple(a.shape))
+            if shape is None:
+                return None
+        elif type(a) not in (int, float):
+            return None
+    if shape is None:
+        return None
+    first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if first is not None and tuple(first.shape) == shape:
+        return _like(first)  # keeps a channels-last layout, as the real kernel would
+    if in_place:
+        return None  # an in-place op cannot grow its target: the kernel raises the error
+    return _empty(shape, dtype)
+
+
+def _conv_output(m: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor | None:
+    spatial = len(m.kernel_size)
+    if x.ndim != spatial + 2 or x.dtype != m.weight.dtype or not x.is_floating_point():
+        return None  # unbatched input or mixed dtypes: let the kernel decide
+    if x.shape[1] != m.weight.shape[1] * m.groups or m.padding_mode != "zeros":
+        return None  # (reflect/circular padding have size limits of their own)
+    if isinstance(m.padding, str):
+        if m.padding == "same":
+            return _empty((x.shape[0], m.out_channels, *x.shape[2:]), x.dtype)
+        padding = (0,) * spatial
+    else:
+        padding = m.padding
+    out = []
+    for size, k, s, p, d in zip(x.shape[2:], m.kernel_size, m.stride, padding, m.dilation):
+        o = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        if o <= 0:
+            return None
+        out.append(o)
+    return _empty((x.shape[0], m.out_channels, *out), x.dtype)
+
+
+def _linear_output(m: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
+    if x.ndim < 1 or x.shape[-1] != m.in_features or x.dtype != m.weight.dtype:
+        return None
+    return _empty((*x.shape[:-1], m.out_features), x.dtype)
+
+
+def _adaptive_avg_output(output_size, x: torch.Tensor, spatial: int) -> torch.Tensor | None:
+    if x.ndim != spatial + 2 or not x.is_floating_point():
+        return None
+    sizes = (output_size,) * spatial if isinstance(output_size, int) else tuple(output_size)
+    if len(sizes) != spatial:
+        return None
+    out = [x.shape[2 + i] if s is None else s for i, s in enumerate(sizes)]
+    if any(not isinstance(s, int) or s <= 0 for s in out):
+        return None
+    return _empty((*x.shape[:2], *out), x.dtype)
+
+
+def _fits_norm(module: nn.Module, x: torch.Tensor) -> bool:
+    """A norm layer's parameters match the input (else the layer raises, and so must we)."""
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return x.shape[1] == module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return x.shape[1] == module.num_channels
+    if isinstance(module, nn.LayerNorm):
+        n = len(module.normalized_shape)
+        return tuple(x.shape[-n:]) == tuple(module.normalized_shape)
+    return True
+
+
+def module_output(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The meta output of ``module(*args, **kwargs)`` when a formula covers it, else None."""
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None
+    x = args[0]
+    if isinstance(module, _SHAPE_PRESERVING_MODULES):
+        return _like(x) if x.ndim >= 2 and _fits_norm(module, x) else None
+    if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        return _conv_output(module, x)
+    if type(module) is nn.Linear:
+        return _linear_output(module, x)
+    if type(module) is nn.AdaptiveAvgPool2d:
+        return _adaptive_avg_output(module.output_size, x, 2)
+    if type(module) is nn.AdaptiveAvgPool1d:
+        return _adaptive_avg_output(module.output_size, x, 1)
+    return None
+
+
+def _cat_output(args, kwargs) -> torch.Tensor | None:
+    tensors = args[0] if args else kwargs.get("tensors")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(dim, int):
+        return None
+    first = tensors[0]
+    if not all(isinstance(t, torch.Tensor) and t.ndim == first.ndim and t.dtype == first.dtype for t in tensors):
+        return None
+    if first.ndim == 0 or not -first.ndim <= dim < first.ndim:
+        return None
+    dim %= first.ndim
+    shape = list(first.shape)
+    for t in tensors[1:]:
+        if any(t.shape[d] != shape[d] for d in range(first.ndim) if d != dim):
+            return None
+        shape[dim] += t.shape[dim]
+    return _empty(shape, first.dtype)
+
+
+def _flatten_output(args, kwargs) -> torch.Tensor | None:
+    x = args[0] if args else None
+    start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+    end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
+    if not isinstance(x, torch.Tensor) or x.ndim == 0 or not isinstance(start, int) or not isinstance(end, int):
+        return None
+    if not (-x.ndim <= start < x.ndim and -x.ndim <= end < x.ndim):
+        return None
+    start, end = start % x.ndim, end % x.ndim
+    if start > end:
+        return None
+    shape = (*x.shape[:start], math.prod(x.shape[start:end + 1]), *x.shape[end + 1:])
+    return _empty(shape, x.dtype)
+
+
+_FUNCTIONS: dict[Any, Callable[[tuple, dict], torch.Tensor | None]] = {
+    torch.cat: _cat_output, torch.concat: _cat_output, torch.flatten: _flatten_output,
+    F.adaptive_avg_pool2d: lambda a, k: _adaptive_avg_output(a[1] if len(a) > 1 else k.get("output_size"), a[0], 2)
+    if a and isinstance(a[0], torch.Tensor) else None,
+}
+
+
+def function_output(target: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The meta output of ``target(*args, **kwargs)`` when a formula covers it, else None."""
+    if target in _ELEMENTWISE_FUNCTIONS:
+        if any(k not in ("inplace", "approximate", "training", "p", "negative_slope", "alpha", "other") for k in kwargs):
+            return None
+        if target in (F.dropout, F.leaky_relu, F.elu, F.gelu, F.relu, F.relu6, F.silu, F.hardswish,
+                      F.hardsigmoid, F.mish):
+            return _elementwise(args[:1], {}) if args and isinstance(args[0], torch.Tensor) else None
+        return _elementwise(args, kwargs, in_place=target in _IN_PLACE)
+    rule = _FUNCTIONS.get(target)
+    return rule(args, kwargs) if rule is not None else None
+
+
+def method_output(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The meta output of ``args[0].name(*args[1:], **kwargs)`` when a formula covers it, else None."""
+    if name in _ELEMENTWISE_METHODS and not kwargs:
+        return _elementwise(args, {}, in_place=name in _IN_PLACE)
+    if name == "flatten":
+        return _flatten_output(args, kwargs)
+    return None
