@@ -129,10 +129,24 @@ class AnalysisContext:
         return node.kwargs.get(name, default)
 
     # -- parameters --------------------------------------------------------
+    def _index_tensors(self) -> None:
+        """Name -> tensor, tensor -> first name, and which are parameters: one walk of the module tree."""
+        params, buffers = [], []
+        for prefix, mod in self.gm.named_modules(remove_duplicate=False):  # named_parameters' order
+            self._modules.setdefault(prefix, mod)
+            dot = prefix + "." if prefix else ""
+            params += [(dot + k, p) for k, p in mod._parameters.items() if p is not None]
+            buffers += [(dot + k, b) for k, b in mod._buffers.items() if b is not None]
+        self._named_tensors = dict(params)
+        self._named_tensors.update(buffers)
+        self._canonical = {}
+        for n, t in params + buffers:
+            self._canonical.setdefault(id(t), n)
+        self._param_ids = {id(p) for _, p in params}
+
     def tensor_by_name(self, name: str) -> torch.Tensor:
         if self._named_tensors is None:
-            self._named_tensors = dict(self.gm.named_parameters(remove_duplicate=False))
-            self._named_tensors.update(dict(self.gm.named_buffers(remove_duplicate=False)))
+            self._index_tensors()
         if name in self._named_tensors:
             return self._named_tensors[name]
         return fetch_attr(self.gm, name)
@@ -140,11 +154,7 @@ class AnalysisContext:
     def canonical_name(self, name: str) -> str:
         """The first name (in ``named_parameters`` order) of the tensor ``name`` refers to."""
         if self._canonical is None:
-            self._canonical = {}
-            named = list(self.gm.named_parameters(remove_duplicate=False))
-            named += list(self.gm.named_buffers(remove_duplicate=False))
-            for n, t in named:
-                self._canonical.setdefault(id(t), n)
+            self._index_tensors()
         return self._canonical.get(id(self.tensor_by_name(name)), name)
 
     def block_if_shared(self, name: str, dim: int, node: fx.Node) -> None:
@@ -167,7 +177,7 @@ class AnalysisContext:
 
     def is_buffer(self, name: str) -> bool:
         if self._param_ids is None:  # by identity: isinstance(t, nn.Parameter) is slow
-            self._param_ids = {id(p) for _, p in self.gm.named_parameters(remove_duplicate=False)}
+            self._index_tensors()
         return id(self.tensor_by_name(name)) not in self._param_ids
 
     def param_atoms(self, name: str, dim: int, role: str | None, like: np.ndarray | None = None) -> np.ndarray:
