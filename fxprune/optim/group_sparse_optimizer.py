@@ -21,7 +21,8 @@ from typing import Any, Callable
 import torch
 
 from .base_rules import make_rule, rule_defaults
-from .group_ops import Scratch, ZigIndex, row_dots, row_sq_norms
+from .group_ops import ZigIndex
+from .row_sweeps import ALL_ROWS, RowSweeps
 from .validation import check_base, check_space
 
 STATE_KEY = "fxprune"
@@ -66,7 +67,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self.steps_taken = 0
         self.held_zero = torch.zeros(self.num_zigs, dtype=torch.bool)  # groups kept at exactly zero
         self._last_step: dict[str, Any] = {}
-        self._scratch = Scratch()
+        self._sweeps = RowSweeps(self.zigs)
         self._stats_cache: tuple[torch.Tensor, list] | None = None  # (needed ZIGs, per-slice modes)
         self._stats_need: torch.Tensor | None = None
 
@@ -123,33 +124,26 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
     def _group_step(self, group: dict, need_stats: bool) -> None:
         lr, decay = group["lr"], self._rule.decay(group)
         modes = self._stats_modes(self._needed_zigs(self.steps_taken)) if need_stats else None
-        directions, rows = [], []
+        directions = []
         for p in self.zigs.params:
             if p.grad is None:
                 u = torch.zeros_like(p)  # no gradient: the group math sees a zero direction
             else:
                 u = self._rule.direction(p, p.grad, self.state[p], group)
             directions.append(u)
-            if modes is not None:
-                x = p.detach()
-                scratch = None
-                for s in self.zigs.slices_of[id(p)]:
-                    mode = modes[s.index]
-                    if mode is None:  # no ZIG of this slice is read this step
-                        rows.append(torch.zeros(3, s.length, dtype=torch.float64, device=x.device))
-                        continue
-                    if scratch is None:
-                        scratch = self._scratch.get(x)
-                    rows.append(_slice_rows(x, u, s.dim, mode, scratch))
+            if modes is not None:  # right after u is computed, while p and u are still in cache
+                self._sweeps.reduce(p, u, modes)
         stats = None
-        if modes is not None and rows:
-            sums = self.zigs.sum_rows(rows, rows[0].device)[:, : self.num_zigs]
-            if self._stats_need is not None:  # groups nobody reads: exactly 0, not partial sums
+        if modes is not None:
+            sums = self._sweeps.sums(self.zigs.params[0].device)[:, : self.num_zigs]
+            if self._stats_need is not None:  # groups nobody reads: exactly 0, not partial or stale sums
                 sums = torch.where(self._stats_need.to(sums.device), sums, torch.zeros((), dtype=sums.dtype,
                                                                                         device=sums.device))
             stats = GroupStats(sums[0], sums[1], sums[2])
         update = self._decide(self.steps_taken, stats, lr, decay)
-        self._apply(update, directions, lr, decay)
+        device = self.zigs.params[0].device
+        factor = None if update.factor is None else self._with_sentinel(update.factor, device)
+        self._sweeps.apply(directions, self._with_sentinel(update.keep, device), factor, lr, decay)
 
     def _needed_zigs(self, step: int) -> torch.Tensor | None:
         """Bool [num_zigs]: the ZIGs whose sums ``_decide`` reads at ``step`` (None: all of them).
@@ -160,10 +154,10 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         return None
 
     def _stats_modes(self, need: torch.Tensor | None) -> list:
-        """Per slice: None (skip), ``_ALL_ROWS`` or a LongTensor of the rows to reduce.  Cached per ``need``."""
+        """Per slice: None (skip), ``ALL_ROWS`` or a LongTensor of the rows to reduce.  Cached per ``need``."""
         if need is None:
             self._stats_need = None
-            return [_ALL_ROWS] * len(self.zigs.slices)
+            return [ALL_ROWS] * len(self.zigs.slices)
         need = need.cpu()
         cached = self._stats_cache
         if cached is not None and torch.equal(cached[0], need):
@@ -177,49 +171,13 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             if n == 0:
                 modes.append(None)
             elif n == s.length or n > GATHER_MAX_FRACTION * s.length or not _gatherable(s.param, s.dim):
-                modes.append(_ALL_ROWS)
+                modes.append(ALL_ROWS)
             else:
                 local = row_need[s.offset : s.offset + s.length].nonzero().squeeze(1)
                 modes.append(local.to(s.param.device))
         self._stats_cache = (need.clone(), modes)
         self._stats_need = self._stats_cache[0]
         return modes
-
-    def _apply(self, update: GroupUpdate, directions: list[torch.Tensor], lr: float, decay: float) -> None:
-        if not self.zigs.params:
-            return
-        device = self.zigs.params[0].device
-        zigs = self.zigs
-        keep_rows = zigs.rows_of(self._with_sentinel(update.keep, device))  # float64 [num_rows]
-        factor_rows = scaled_rows = None
-        if update.factor is not None:
-            factor_rows = zigs.rows_of(self._with_sentinel(update.factor, device))
-            scaled_rows = decay * factor_rows
-            # Slices whose multiplier is exactly 1 everywhere skip the multiply (x·1 = x).
-            scaling = zigs.slices_with(scaled_rows != 1.0)
-        by_dtype: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        for p, u in zip(zigs.params, directions):
-            slices = zigs.slices_of[id(p)]
-            if len(slices) == 1:
-                s = slices[0]
-                converted = by_dtype.get(p.dtype)
-                if converted is None:  # one conversion per dtype, sliced per parameter below
-                    converted = (keep_rows.to(p.dtype), None if scaled_rows is None else scaled_rows.to(p.dtype))
-                    by_dtype[p.dtype] = converted
-                keep = converted[0][s.offset : s.offset + s.length].view(s.broadcast_shape())
-                if factor_rows is not None:
-                    if scaling[s.index]:
-                        p.mul_(converted[1][s.offset : s.offset + s.length].view(s.broadcast_shape()))
-                elif decay != 1.0:
-                    p.mul_(decay)
-            else:
-                keep = _product([_row_view(keep_rows, s) for s in slices]).to(p.dtype)
-                if factor_rows is not None:
-                    if any(scaling[s.index] for s in slices):
-                        p.mul_((decay * _product([_row_view(factor_rows, s) for s in slices])).to(p.dtype))
-                elif decay != 1.0:
-                    p.mul_(decay)
-            p.addcmul_(u, keep, value=-lr)
 
     def _with_sentinel(self, per_zig: torch.Tensor, device: torch.device) -> torch.Tensor:
         with_sentinel = torch.ones(self.num_zigs + 1, dtype=torch.float64, device=device)
@@ -280,33 +238,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
 # Reduce only the needed rows of a slice (gathering them first) when at most this fraction is needed;
 # above it, gathering costs about as much as reducing every row.
 GATHER_MAX_FRACTION = 0.5
-_ALL_ROWS = "all"
 
 
 def _gatherable(param: torch.Tensor, dim: int) -> bool:
     return param.dim() == 1 or (dim == 0 and param.is_contiguous())
-
-
-def _slice_rows(x: torch.Tensor, u: torch.Tensor, dim: int, mode, scratch: torch.Tensor) -> torch.Tensor:
-    """[3, length] rows ‖x‖², ⟨x,u⟩, ‖u‖² of one slice; with a row index, only those rows (others 0)."""
-    if mode is _ALL_ROWS or not (u.is_contiguous() or u.dim() == 1):
-        return torch.stack([row_sq_norms(x, dim), row_dots(x, u, dim, scratch), row_sq_norms(u, dim)])
-    length = x.shape[0]
-    xs = x.reshape(length, -1).index_select(0, mode)
-    us = u.reshape(length, -1).index_select(0, mode)
-    if x.dim() == 1:
-        xs, us = xs.squeeze(1), us.squeeze(1)
-    # Row-wise reductions do not depend on the other rows, so these equal the full rows' values.
-    picked = torch.stack([row_sq_norms(xs, 0), row_dots(xs, us, 0, scratch), row_sq_norms(us, 0)])
-    return torch.zeros(3, length, dtype=picked.dtype, device=picked.device).index_copy_(1, mode, picked)
-
-
-def _row_view(rows: torch.Tensor, s) -> torch.Tensor:
-    return rows[s.offset : s.offset + s.length].view(s.broadcast_shape())
-
-
-def _product(tensors: list[torch.Tensor]) -> torch.Tensor:
-    out = tensors[0]
-    for t in tensors[1:]:
-        out = out * t  # an element in ZIGs along two dims: zero if either group is zeroed
-    return out
