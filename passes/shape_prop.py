@@ -8,6 +8,7 @@ fake copies in per module call (slower, more general).
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 
 from typing import Any
@@ -20,6 +21,7 @@ from torch.utils._pytree import tree_map
 from fxprune.errors import InputError
 
 from . import fast_shapes
+from .shape_memo import ShapeMemo, call_key
 
 
 class _FakeInterpreter(fx.Interpreter):
@@ -95,18 +97,25 @@ class _RecordingInterpreter(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm, garbage_collect_values=False)
         self._twins: dict[str, torch.nn.Module] = {}
+        self._memo = ShapeMemo()
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
         shortcut = fast_shapes.module_output(module, args, kwargs)
         if shortcut is not None:
             return shortcut
+        key = self._memo.key_for_module(module, args, kwargs)
+        result = self._memo.lookup(key)
+        if result is not None:
+            return result
         if target not in self._twins:
             self._twins[target] = _meta_module(module)
         try:
-            return self._twins[target](*args, **kwargs)
+            result = self._twins[target](*args, **kwargs)
         except Exception:  # e.g. a user leaf module that branches on values: run a copy for real
-            return _run_for_real(copy.deepcopy(module), args, kwargs)
+            result = _run_for_real(copy.deepcopy(module), args, kwargs)
+        self._memo.store(key, result)
+        return result
 
     def get_attr(self, target, args, kwargs):
         value = super().get_attr(target, args, kwargs)
@@ -116,10 +125,17 @@ class _RecordingInterpreter(fx.Interpreter):
         shortcut = fast_shapes.function_output(target, args, kwargs)
         if shortcut is not None:
             return shortcut
+        key = call_key(target, args, kwargs) if inspect.isfunction(target) else None  # Python code: slow on meta
+        result = self._memo.lookup(key) if key is not None else None
+        if result is not None:
+            return result
         try:
-            return super().call_function(target, args, kwargs)
+            result = super().call_function(target, args, kwargs)
         except Exception:  # an fx.wrap-ed function that reads values
-            return _run_for_real(target, args, kwargs)
+            result = _run_for_real(target, args, kwargs)
+        if key is not None:
+            self._memo.store(key, result)
+        return result
 
     def call_method(self, target, args, kwargs):
         shortcut = fast_shapes.method_output(target, args, kwargs)
