@@ -20,7 +20,10 @@ from .channel_analysis import AtomTable
 
 
 def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Component id (0..k-1) of each of ``n`` atoms; vectorised min-label hooking with pointer jumping."""
+    """Component id (0..k-1, in order of each component's smallest atom) of each of ``n`` atoms.
+
+    Vectorised min-label hooking with pointer jumping.
+    """
     parent = np.arange(n, dtype=np.int64)
     if edges and n:
         u = np.concatenate([e[0] for e in edges])
@@ -37,8 +40,8 @@ def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> 
                 if np.array_equal(jumped, parent):
                     break
                 parent = jumped
-    _, comp = np.unique(parent, return_inverse=True)
-    return comp.astype(np.int64)
+    is_root = parent == np.arange(n, dtype=np.int64)  # each root is its component's smallest atom
+    return (np.cumsum(is_root) - 1)[parent]
 
 
 class ParamSlice(NamedTuple):
@@ -119,6 +122,8 @@ def build_zigs(table: AtomTable) -> ZigIndex:
 
 def _distinct(a: np.ndarray) -> np.ndarray:
     """Sorted distinct values (np.unique's hashing path is slow on large arrays)."""
+    if a.size < 2 or (a[1:] > a[:-1]).all():  # already strictly increasing: a layer's own channels
+        return a
     s = np.sort(a)
     return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
 

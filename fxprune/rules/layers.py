@@ -60,8 +60,8 @@ def _conv(ctx, node):
             ctx.block_if_shared(w, 1, node)
     else:
         og, ig = m.out_channels // groups, m.in_channels // groups
-        rep = np.repeat(out_atoms[::og], og)  # first output channel of each conv group
-        ctx.atoms.unify(out_atoms, rep, "conv group")
+        if og > 1:  # the output channels of one conv group form one ZIG
+            ctx.atoms.unify(out_atoms, np.repeat(out_atoms[::og], og), "conv group")
         reason = f"the grouped convolution {ctx.describe(node)} reads channels fxprune cannot track"
         if in_lab is None or (in_lab.atoms < 0).any():
             ctx.atoms.block(out_atoms, reason)
