@@ -4,10 +4,11 @@
     ResNet-50 parameters (one ZIG per conv output channel, with the following BN's
     weight and bias), in the phases DHSPG goes through: before pruning, while
     pruning, and holding zeros afterwards.  Same gradients, same run, ratio = ours / SGD.
+    --compiled adds DHSPG(compiled=True) (torch.compile'd passes; compiles first).
 (b) DHSPG vs HSPG vs proximal SGD on one group-lasso least-squares problem with a
     known support: group sparsity reached, support recovery and final objective.
 
-Run: python benchmarks/bench_optim.py [--threads N] [--repeats N]
+Run: python benchmarks/bench_optim.py [--threads N] [--repeats N] [--compiled]
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def fill_grads(model: nn.Module, seed: int) -> None:
         p.grad = torch.randn(p.shape, generator=gen) * 1e-2
 
 
-def bench_step_time(repeats: int) -> None:
+def bench_step_time(repeats: int, compiled: bool) -> None:
     torch.manual_seed(0)
     ours_model, ref_model = torchvision.models.resnet50(), torchvision.models.resnet50()
     ref_model.load_state_dict(ours_model.state_dict())
@@ -61,6 +62,8 @@ def bench_step_time(repeats: int) -> None:
         "SGD momentum 0.9": (dict(momentum=0.9), dict(momentum=0.9)),
         "AdamW": (dict(variant="adamw", weight_decay=0.05), None),
     }
+    if compiled:
+        variants["SGD momentum 0.9, compiled"] = (dict(momentum=0.9, compiled=True), dict(momentum=0.9))
     rows = []
     for label, (ours_kwargs, sgd_kwargs) in variants.items():
         ours = DHSPG(space, lr=0.01, target_group_sparsity=0.5, start_pruning_step=start,
@@ -170,10 +173,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per phase")
+    parser.add_argument("--compiled", action="store_true", help="also time DHSPG(compiled=True) with SGD")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench_step_time(args.repeats)
+    bench_step_time(args.repeats, args.compiled)
     bench_group_lasso()
 
 

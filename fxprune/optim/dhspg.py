@@ -36,6 +36,8 @@ class DHSPG(TargetedGroupSparseOptimizer):
 
     ``lmbda``, ``lmbda_amplify`` and ``hat_lmbda_coeff`` default to the reference values
     for the chosen ``variant`` (SGD: 1e-3, 2, 10; Adam/AdamW: 1e-2, 20, 1e3).
+    ``compiled=True`` (SGD only, opt-in) runs the pruning steps as two torch.compile'd
+    kernels: faster, equal to the default up to float rounding; see compiled_sweeps.py.
     """
 
     def __init__(self, space, lr: float = 1e-3, *, momentum: float = 0.0, dampening: float = 0.0,
@@ -43,9 +45,10 @@ class DHSPG(TargetedGroupSparseOptimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  target_group_sparsity: float = 0.5, start_pruning_step: int = 0, pruning_steps: int,
                  pruning_periods: int = 1, lmbda: float | None = None, lmbda_amplify: float | None = None,
-                 hat_lmbda_coeff: float | None = None, epsilon: float = 0.9, width_multiple: int | None = None):
+                 hat_lmbda_coeff: float | None = None, epsilon: float = 0.9, width_multiple: int | None = None,
+                 compiled: bool = False):
         super().__init__(space, variant=variant, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, betas=betas, eps=eps)
+                         weight_decay=weight_decay, nesterov=nesterov, betas=betas, eps=eps, compiled=compiled)
         check_epsilon(epsilon)
         default_lmbda, default_amplify, default_hat = PENALTY_DEFAULTS[variant]
         self.lmbda = default_lmbda if lmbda is None else lmbda

@@ -154,37 +154,15 @@ def row_sq_norms(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.square().sum(dim=[i for i in range(t.dim()) if i != dim])
 
 
-def row_dots(a: torch.Tensor, b: torch.Tensor, dim: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """Σ over all dims but ``dim`` of a·b, one value per index along ``dim``.
-
-    ``scratch`` (flat, same dtype/device, at least a.numel()) receives the products:
-    reusing one buffer avoids allocating and page-faulting a fresh tensor per call.
-    """
+def row_dots(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    """Σ over all dims but ``dim`` of a·b, one value per index along ``dim``."""
     a, b = _accumulation_dtype(a), _accumulation_dtype(b)
     if a.dim() == 1:
         return a * b
     va, vb = _rows_view(a, dim), _rows_view(b, dim)
     if va is not None and vb is not None:
-        if scratch is not None and scratch.dtype == a.dtype and scratch.device == a.device:
-            return torch.mul(va, vb, out=scratch[: a.numel()].view(va.shape)).sum(dim=1)
         return (va * vb).sum(dim=1)
     return (a * b).sum(dim=[i for i in range(a.dim()) if i != dim])
-
-
-class Scratch:
-    """One reusable flat buffer per (device, dtype), grown on demand."""
-
-    def __init__(self):
-        self._buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-    def get(self, like: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
-        key = (like.device, dtype)
-        buf = self._buffers.get(key)
-        if buf is None or buf.numel() < like.numel():
-            buf = torch.empty(like.numel(), dtype=dtype, device=like.device)
-            self._buffers[key] = buf
-        return buf
 
 
 def _on_device(cache: dict, cpu_tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

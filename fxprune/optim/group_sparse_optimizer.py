@@ -11,7 +11,8 @@ One step is:
    plain step; F = M = 0 zeroes a group).
 
 Steps where an algorithm has nothing to do run the plain rule on every parameter,
-so they cost exactly what the base optimizer costs.
+so they cost exactly what the base optimizer costs.  The passes over the prunable
+tensors live in row_sweeps.py (eager) and compiled_sweeps.py (opt-in, SGD only).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 
 from .base_rules import make_rule, rule_defaults
 from .group_ops import ZigIndex
+from .compiled_sweeps import CompiledSweeps
 from .row_sweeps import ALL_ROWS, RowSweeps
 from .validation import check_base, check_space
 
@@ -53,7 +55,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
     """Base class: base-rule plumbing, group update, state and introspection."""
 
     def __init__(self, space, *, variant: str, lr: float, momentum: float, dampening: float,
-                 weight_decay: float, nesterov: bool, betas: tuple[float, float], eps: float):
+                 weight_decay: float, nesterov: bool, betas: tuple[float, float], eps: float,
+                 compiled: bool = False):
         model, layout = check_space(space)
         check_base(variant, lr, momentum, dampening, weight_decay, nesterov, betas, eps)
         self.space = space
@@ -69,7 +72,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self._last_step: dict[str, Any] = {}
         self._sweeps = RowSweeps(self.zigs)
         self._stats_cache: tuple[torch.Tensor, list] | None = None  # (needed ZIGs, per-slice modes)
-        self._stats_need: torch.Tensor | None = None
+        self._compiled = CompiledSweeps(self.zigs) if compiled else None
 
     def add_param_group(self, param_group: dict) -> None:
         if self.param_groups:
@@ -123,27 +126,41 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
 
     def _group_step(self, group: dict, need_stats: bool) -> None:
         lr, decay = group["lr"], self._rule.decay(group)
-        modes = self._stats_modes(self._needed_zigs(self.steps_taken)) if need_stats else None
-        directions = []
-        for p in self.zigs.params:
-            if p.grad is None:
-                u = torch.zeros_like(p)  # no gradient: the group math sees a zero direction
-            else:
-                u = self._rule.direction(p, p.grad, self.state[p], group)
-            directions.append(u)
-            if modes is not None:  # right after u is computed, while p and u are still in cache
-                self._sweeps.reduce(p, u, modes)
-        stats = None
-        if modes is not None:
-            sums = self._sweeps.sums(self.zigs.params[0].device)[:, : self.num_zigs]
-            if self._stats_need is not None:  # groups nobody reads: exactly 0, not partial or stale sums
-                sums = torch.where(self._stats_need.to(sums.device), sums, torch.zeros((), dtype=sums.dtype,
-                                                                                        device=sums.device))
-            stats = GroupStats(sums[0], sums[1], sums[2])
-        update = self._decide(self.steps_taken, stats, lr, decay)
         device = self.zigs.params[0].device
+        need = self._needed_zigs(self.steps_taken) if need_stats else None
+        compiled = need_stats and self._compiled is not None and self._compiled.covers(self.variant, group, self.state)
+        stats = None
+        if compiled:
+            stats = self._group_stats(self.zigs.sum_rows([self._compiled.row_sums(group, self.state)], device), need)
+        else:
+            modes = self._stats_modes(need) if need_stats else None
+            directions = []
+            for p in self.zigs.params:
+                if p.grad is None:
+                    u = torch.zeros_like(p)  # no gradient: the group math sees a zero direction
+                else:
+                    u = self._rule.direction(p, p.grad, self.state[p], group)
+                directions.append(u)
+                if modes is not None:  # right after u is computed, while p and u are still in cache
+                    self._sweeps.reduce(p, u, modes)
+            if modes is not None:
+                stats = self._group_stats(self._sweeps.sums(device), need)
+        update = self._decide(self.steps_taken, stats, lr, decay)
+        keep = self._with_sentinel(update.keep, device)
         factor = None if update.factor is None else self._with_sentinel(update.factor, device)
-        self._sweeps.apply(directions, self._with_sentinel(update.keep, device), factor, lr, decay)
+        if compiled:
+            scale = torch.ones_like(keep) if factor is None else decay * factor
+            self._compiled.update(group, self.state, self.zigs.rows_of(keep), self.zigs.rows_of(scale))
+            self._last_step["compiled"] = True
+        else:
+            self._sweeps.apply(directions, keep, factor, lr, decay)
+
+    def _group_stats(self, sums: torch.Tensor, need: torch.Tensor | None) -> GroupStats:
+        """GroupStats from ``[3, num_zigs + 1]`` sums; groups outside ``need`` read exactly 0."""
+        sums = sums[:, : self.num_zigs]
+        if need is not None:  # not partial or stale sums of rows nobody reduced
+            sums = torch.where(need.to(sums.device), sums, torch.zeros((), dtype=sums.dtype, device=sums.device))
+        return GroupStats(sums[0], sums[1], sums[2])
 
     def _needed_zigs(self, step: int) -> torch.Tensor | None:
         """Bool [num_zigs]: the ZIGs whose sums ``_decide`` reads at ``step`` (None: all of them).
@@ -156,12 +173,10 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
     def _stats_modes(self, need: torch.Tensor | None) -> list:
         """Per slice: None (skip), ``ALL_ROWS`` or a LongTensor of the rows to reduce.  Cached per ``need``."""
         if need is None:
-            self._stats_need = None
             return [ALL_ROWS] * len(self.zigs.slices)
         need = need.cpu()
         cached = self._stats_cache
         if cached is not None and torch.equal(cached[0], need):
-            self._stats_need = cached[0]
             return cached[1]
         with_sentinel = torch.cat([need, torch.zeros(1, dtype=torch.bool)])
         row_need = self.zigs.rows_of(with_sentinel)
@@ -176,7 +191,6 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
                 local = row_need[s.offset : s.offset + s.length].nonzero().squeeze(1)
                 modes.append(local.to(s.param.device))
         self._stats_cache = (need.clone(), modes)
-        self._stats_need = self._stats_cache[0]
         return modes
 
     def _with_sentinel(self, per_zig: torch.Tensor, device: torch.device) -> torch.Tensor:

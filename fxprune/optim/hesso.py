@@ -30,9 +30,9 @@ class HESSO(TargetedGroupSparseOptimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  target_group_sparsity: float = 0.5, start_pruning_step: int = 0, pruning_steps: int,
                  pruning_periods: int = 1, importance_weights: dict[str, float] | None = None,
-                 width_multiple: int | None = None):
+                 width_multiple: int | None = None, compiled: bool = False):
         super().__init__(space, variant=variant, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, betas=betas, eps=eps)
+                         weight_decay=weight_decay, nesterov=nesterov, betas=betas, eps=eps, compiled=compiled)
         weights = dict(DEFAULT_IMPORTANCE if importance_weights is None else importance_weights)
         unknown = sorted(set(weights) - set(HESSO_CRITERIA))
         if unknown:

@@ -30,9 +30,9 @@ class HSPG(GroupSparseOptimizer):
                  weight_decay: float = 0.0, nesterov: bool = False, variant: str = "sgd",
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  lmbda: float = 1e-3, epsilon: float = 0.9, warmup_steps: int = 0,
-                 max_group_sparsity: float | None = None):
+                 max_group_sparsity: float | None = None, compiled: bool = False):
         super().__init__(space, variant=variant, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, betas=betas, eps=eps)
+                         weight_decay=weight_decay, nesterov=nesterov, betas=betas, eps=eps, compiled=compiled)
         check_real("lmbda", lmbda, low=0, hint="The group-lasso weight; the reference uses 1e-3.")
         check_epsilon(epsilon)
         check_int("warmup_steps", warmup_steps, low=0, hint="Steps of subgradient warm-up (n_p) before projecting.")
