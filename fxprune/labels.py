@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
+def _frozen(a) -> np.ndarray:
+    """``a`` as a read-only contiguous int64 array (no copy when it already is one)."""
+    if not (type(a) is np.ndarray and a.dtype == np.int64 and a.flags.c_contiguous):
+        a = np.ascontiguousarray(a, dtype=np.int64)
     a.flags.writeable = False
     return a
 
@@ -29,8 +31,8 @@ class DimLabel:
     nonzero: np.ndarray  # int64 [size]: 0 if zero when its ZIG is zeroed, else code of the culprit node + 1
 
     def __post_init__(self):
-        object.__setattr__(self, "atoms", _frozen(np.asarray(self.atoms, dtype=np.int64)))
-        object.__setattr__(self, "nonzero", _frozen(np.asarray(self.nonzero, dtype=np.int64)))
+        object.__setattr__(self, "atoms", _frozen(self.atoms))
+        object.__setattr__(self, "nonzero", _frozen(self.nonzero))
 
     @property
     def size(self) -> int:
@@ -41,8 +43,9 @@ class DimLabel:
         return DimLabel(atoms, np.zeros(len(atoms), dtype=np.int64))
 
     def with_nonzero(self, nonzero: np.ndarray | int) -> "DimLabel":
-        nz = np.broadcast_to(np.asarray(nonzero, dtype=np.int64), self.atoms.shape)
-        return DimLabel(self.atoms, nz)
+        if isinstance(nonzero, (int, np.integer)):
+            return DimLabel(self.atoms, np.full(self.atoms.shape, nonzero, dtype=np.int64))
+        return DimLabel(self.atoms, np.broadcast_to(np.asarray(nonzero, dtype=np.int64), self.atoms.shape))
 
     def take(self, index: np.ndarray) -> "DimLabel":
         return DimLabel(self.atoms[index], self.nonzero[index])
@@ -89,4 +92,4 @@ class SizeTaint:
     pure: bool = True  # computed from channel counts and constants only (no batch or spatial size)
 
     def __post_init__(self):
-        object.__setattr__(self, "atoms", _frozen(np.asarray(self.atoms, dtype=np.int64)))
+        object.__setattr__(self, "atoms", _frozen(self.atoms))

@@ -103,7 +103,7 @@ class AnalysisContext:
         return node.meta.get("val")
 
     def out_shape(self, node: fx.Node) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.meta_value(node).shape)
+        return tuple(self.meta_value(node).shape)  # torch.Size holds plain ints (static shapes)
 
     def is_tensor(self, node: fx.Node) -> bool:
         return isinstance(self.meta_value(node), torch.Tensor)
