@@ -78,6 +78,7 @@ def run_model(name: str, small: bool, repeats: int, with_tp: bool):
     )
     speed = dict(
         model=name, nodes=row["nodes"], fx_trace_s=f"{t_fx:.3f}", analysis_s=f"{t_analysis:.3f}",
+        analysis_us_per_node=f"{1e6 * t_analysis / row['nodes']:.0f}",
         fxprune_trace_s=f"{t_trace:.3f}", construct_s=f"{t_build:.3f}",
         torch_pruning_s=f"{tp_time:.3f}" if has_tp else (tp_time or ""),
         analysis_ratio=f"{t_analysis / tp_time:.2f}" if has_tp else "",
