@@ -11,8 +11,8 @@ over memory, where torch's SGD runs three.  Compiled:
 
 eight passes over memory in all, as many as ``torch.optim.SGD``.
 
-It is opt-in (``compiled=True``) because the first step compiles (about a minute for
-ResNet-50 on two CPU cores, later runs hit inductor's on-disk cache; CPU needs a C++
+It is opt-in (``compiled=True``) because the first step compiles (about 100 s for
+ResNet-50 on two CPU cores; later runs hit inductor's on-disk cache; CPU needs a C++
 compiler), and because results equal the eager path only up to float rounding: the
 row sums are added in another order, and with dampening or weight decay eager torch
 uses a fused multiply-add that inductor's CPU code does not (likewise Nesterov).  Without these, the
