@@ -83,6 +83,50 @@ def _rewrite_conv(rw, node):
 RULES.module(*CONV_TYPES, rewrite=_rewrite_conv)(_conv)
 
 
+CONV_TRANSPOSE_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _conv_transpose(ctx, node):
+    """A transposed conv's weight is ``[in, out / groups, *kernel]``: dim 1 makes its output channels.
+
+    Each input channel adds its own weight slice into the output, so a zero input channel
+    contributes nothing and can be removed with ``weight[c]``.  Grouped transposed convs
+    are barriers (their channel blocks are not handled yet).
+    """
+    m = ctx.module(node)
+    x = ctx.labels(node.args[0])
+    out_shape = ctx.out_shape(node)
+    channel_dim = 1 if len(out_shape) == m.weight.ndim else 0  # batched or unbatched input
+    w, b = f"{node.target}.weight", f"{node.target}.bias"
+    in_lab = x.dims[channel_dim] if x is not None else None
+    if m.groups != 1:  # weight dim 1 holds out_channels / groups: no one-to-one map to output channels
+        out_atoms = ctx.atoms.new(m.out_channels)
+        if m.bias is not None:
+            ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER, like=out_atoms), "bias")
+        reason = f"the grouped transposed convolution {ctx.describe(node)} is not handled yet"
+        ctx.atoms.block(out_atoms, reason)
+        if in_lab is not None:
+            ctx.atoms.block(in_lab.atoms, reason)
+        return _out_labels(ctx, node, x, out_shape, channel_dim, DimLabel.fresh(out_atoms), m.bias is not None)
+    out_atoms = ctx.param_atoms(w, 1, PRODUCER)
+    if m.bias is not None:
+        ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER, like=out_atoms), "bias")
+    if in_lab is not None:
+        ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 0, CONSUMER, like=in_lab.atoms), f"{ctx.describe(node)} input")
+        require_zero(ctx, in_lab, node, "the transposed convolution")
+    else:
+        ctx.block_if_shared(w, 0, node)
+    return _out_labels(ctx, node, x, out_shape, channel_dim, DimLabel.fresh(out_atoms), m.bias is not None)
+
+
+def _rewrite_conv_transpose(rw, node):
+    m = rw.module(node)
+    m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+
+
+RULES.module(*CONV_TRANSPOSE_TYPES, rewrite=_rewrite_conv_transpose)(_conv_transpose)
+
+
 def _rewrite_linear(rw, node):
     m = rw.module(node)
     m.out_features, m.in_features = m.weight.shape
