@@ -362,16 +362,23 @@ def draw_down(draw, c):
 
 
 class Up(nn.Module):
+    """Double the spatial size: interpolation (c -> c) or a stride-2 transposed conv (c -> cout)."""
+
     def __init__(self, c, o):
         super().__init__()
         self.mode = o["mode"]
+        self.convt = nn.ConvTranspose2d(c, o["cout"], 4, 2, 1, bias=o["bias"]) if self.mode == "convT" else None
 
     def forward(self, x):
+        if self.mode == "convT":
+            return self.convt(x)
         return F.interpolate(x, scale_factor=2.0, mode=self.mode)
 
 
 def draw_up(draw, c):
-    return {"mode": draw(st.sampled_from(["nearest", "bilinear"]))}, c
+    mode = draw(st.sampled_from(["nearest", "bilinear", "convT"]))
+    cout = draw(_width()) if mode == "convT" else c
+    return {"mode": mode, "cout": cout, "bias": draw(st.booleans())}, cout
 
 
 class ChannelsLastMLP(nn.Module):
@@ -687,7 +694,7 @@ def block_out(kind: str, c: int, o: dict) -> int:
     """Output channels of a block (the drawers compute the same; builders must agree)."""
     if kind in ("conv", "gconv", "mulgate"):
         return o["cout"]
-    if kind == "down":
+    if kind in ("down", "up"):
         return o["cout"]
     if kind == "halves":
         return c if o["op"] == "odd" else c // 2
