@@ -112,10 +112,13 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     zig_group = np.zeros(n_prunable, dtype=np.int64)
     zig_group[prunable_id[prunable]] = group_of[prunable]
     maps = []
+    zig_of: dict[int, torch.Tensor | None] = {}  # parameter dims that share atoms share the (read-only) map
     for (name, dim), pd in table.param_dims.items():
-        zig = prunable_id[comp[pd.atoms]]
-        if (zig >= 0).any():
-            maps.append(SliceMap(name, dim, torch.from_numpy(zig), pd.role))
+        if id(pd.atoms) not in zig_of:
+            zig = prunable_id[comp[pd.atoms]]
+            zig_of[id(pd.atoms)] = torch.from_numpy(zig) if (zig >= 0).any() else None
+        if zig_of[id(pd.atoms)] is not None:
+            maps.append(SliceMap(name, dim, zig_of[id(pd.atoms)], pd.role))
     layout = ZigLayout(n_prunable, tuple(maps), torch.from_numpy(zig_group))
     return ZigIndex(comp, n_comp, prunable, reason_id, tuple(reason_texts), prunable_id, tuple(groups), layout)
 
