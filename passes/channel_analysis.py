@@ -79,6 +79,7 @@ class AnalysisContext:
         self._uses: dict[str, int] | None = None
         self._tied: set[int] = set()
         self._modules: dict[str, nn.Module] = {}
+        self._canonical_by_name: dict[str, str] = {}
         self._descriptions: dict[fx.Node, str] = {}
 
     # -- reading the node --------------------------------------------------
@@ -153,9 +154,12 @@ class AnalysisContext:
 
     def canonical_name(self, name: str) -> str:
         """The first name (in ``named_parameters`` order) of the tensor ``name`` refers to."""
-        if self._canonical is None:
-            self._index_tensors()
-        return self._canonical.get(id(self.tensor_by_name(name)), name)
+        canonical = self._canonical_by_name.get(name)
+        if canonical is None:
+            if self._canonical is None:
+                self._index_tensors()
+            canonical = self._canonical_by_name[name] = self._canonical.get(id(self.tensor_by_name(name)), name)
+        return canonical
 
     def block_if_shared(self, name: str, dim: int, node: fx.Node) -> None:
         """``node`` uses ``name`` on an untracked input: if another use may remove slices of ``dim``, it must not."""

@@ -100,7 +100,9 @@ class _RecordingInterpreter(fx.Interpreter):
         self._memo = ShapeMemo()
 
     def call_module(self, target, args, kwargs):
-        module = self.fetch_attr(target)
+        module = self.submodules.get(target)  # named_modules() dict: no walk of the dotted path per call
+        if module is None:
+            module = self.fetch_attr(target)
         shortcut = fast_shapes.module_output(module, args, kwargs)
         if shortcut is not None:
             return shortcut

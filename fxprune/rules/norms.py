@@ -23,16 +23,19 @@ BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 IN_TYPES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
+_CHANNEL_TENSORS = (("weight", PRODUCER), ("bias", PRODUCER), ("running_mean", BUFFER), ("running_var", BUFFER))
+
+
 def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> None:
     lab = x.dims[dim]
-    present = [pname for pname in ("weight", "bias", "running_mean", "running_var") if getattr(m, pname, None) is not None]
+    present = [(pname, role) for pname, role in _CHANNEL_TENSORS if getattr(m, pname, None) is not None]
     if lab is None:
-        for pname in present:
+        for pname, _ in present:
             ctx.block_if_shared(f"{node.target}.{pname}", 0, node)
         return
-    for pname, role in (("weight", PRODUCER), ("bias", PRODUCER), ("running_mean", BUFFER), ("running_var", BUFFER)):
-        if getattr(m, pname, None) is not None:
-            ctx.atoms.unify(lab.atoms, ctx.param_atoms(f"{node.target}.{pname}", 0, role, like=lab.atoms), ctx.describe(node))
+    reason = ctx.describe(node)
+    for pname, role in present:
+        ctx.atoms.unify(lab.atoms, ctx.param_atoms(f"{node.target}.{pname}", 0, role, like=lab.atoms), reason)
 
 
 def _block_statistics_dims(ctx, node, x: TensorLabels, channel_dim: int) -> None:
