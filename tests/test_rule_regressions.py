@@ -140,3 +140,55 @@ def test_functional_batch_norm_prunes_with_its_stored_tensors():
     group = next(g for g in space.groups if g.name == "conv1.weight[dim 0]")
     assert group.prunable and {s.name for s in group.slices} >= {"bn1.weight", "bn1.running_var"}
     assert small.bn1.running_mean.shape[0] == small.conv1.out_channels < 8
+
+
+class WindowMask(nn.Module):  # timm Swin: a (windows, N, N) mask buffer added to (B*windows, N, N) scores
+    def __init__(self, windows=4, n=5, c=8):
+        super().__init__()
+        self.windows, self.n = windows, n
+        self.fc1, self.fc2 = nn.Linear(c, c), nn.Linear(c, c)
+        self.register_buffer("mask", torch.randn(windows, n, n))
+
+    def forward(self, x):  # (B, windows * n, c)
+        x = self.fc1(x).reshape(-1, self.n, x.shape[-1])
+        b_, n, _ = x.shape
+        a = (x @ x.transpose(1, 2)).view(-1, self.windows, n, n) + self.mask.unsqueeze(0)
+        y = a.view(-1, n, n).softmax(-1) @ x
+        return self.fc2(y.reshape(b_, n, -1))
+
+
+def test_batch_sizes_stay_live_when_a_buffer_labels_the_batch_dim():
+    model = WindowMask().eval()
+    _, small = _prune_and_compare(model, torch.randn(1, 20, 8), torch.randn(3, 20, 8))
+    reshape = [n for n in small.graph.nodes if n.op == "call_method" and n.target == "reshape"][-1]
+    assert all(not isinstance(a, int) or a == -1 for a in reshape.args[1:])  # no traced batch literal
+
+
+class TokenSlice(nn.Module):  # timm PiT: y[:, :n] with n = tokens.shape[1], a run-time bound
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Parameter(torch.randn(1, 2, 8))
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x):
+        t = self.tok.expand(x.shape[0], -1, -1)
+        y = self.fc2(self.fc1(torch.cat((t, x), dim=1)).relu())
+        return y[:, :t.shape[1]]
+
+
+class StepSlice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 6, 1)
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x)[:, ::2])
+
+
+def test_slices_with_run_time_bounds_or_a_step_keep_their_index():
+    space, _ = _prune_and_compare(TokenSlice().eval(), torch.randn(1, 5, 8), torch.randn(2, 5, 8))
+    space, small = _prune_and_compare(StepSlice().eval(), torch.randn(1, 3, 4, 4), torch.randn(2, 3, 4, 4))
+    conv1 = next(g for g in space.groups if g.name == "conv1.weight[dim 0]")
+    assert not conv1.prunable and "step" in conv1.reason
+    getitem = next(n for n in small.graph.nodes if n.op == "call_function" and "getitem" in n.name)
+    assert getitem.args[1][1] == slice(None, None, 2)

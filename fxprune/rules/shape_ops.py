@@ -147,6 +147,10 @@ def _mixes_runtime_sizes(arg: fx.Node) -> bool:
     return isinstance(value, SizeTaint) and not value.pure
 
 
+def _channel_derived(arg: fx.Node) -> bool:
+    return isinstance(arg.meta.get("fxprune.channels"), SizeTaint)
+
+
 def _rewrite_reshape(rw, node):
     labels: TensorLabels = node.meta["fxprune.channels"]
     sizes = _size_args(node)
@@ -164,6 +168,8 @@ def _rewrite_reshape(rw, node):
         if isinstance(sizes[d], fx.Node) and _mixes_runtime_sizes(sizes[d]):
             continue
         new = rw.kept_count(lab)
+        if new == lab.size and isinstance(sizes[d], fx.Node) and not _channel_derived(sizes[d]):
+            continue  # nothing removed here, and no channel count feeds the size (e.g. the batch): keep it live
         if new != lab.size or isinstance(sizes[d], fx.Node):
             sizes[d] = new
             changed = True

@@ -123,6 +123,10 @@ def _index_items(index, ndim):
     return out
 
 
+def _constant_bounds(it: slice) -> bool:
+    return all(isinstance(v, (int, type(None))) for v in (it.start, it.stop, it.step))
+
+
 def _getitem(ctx, node):
     container, index = node.args
     value = ctx.value(container)
@@ -154,7 +158,10 @@ def _getitem(ctx, node):
                 ctx.atoms.block(lab.atoms, f"{ctx.describe(node)} picks single channels")
         elif isinstance(it, slice):
             if lab is not None:
-                if it.step not in (None, 1) or not all(isinstance(v, (int, type(None))) for v in (it.start, it.stop)):
+                if not _constant_bounds(it):
+                    ctx.atoms.block(lab.atoms, f"{ctx.describe(node)} slices channels with run-time bounds")
+                    lab = None
+                elif it.step not in (None, 1):
                     ctx.atoms.block(lab.atoms, f"{ctx.describe(node)} slices channels with a step")
                     lab = None
                 else:
@@ -184,7 +191,9 @@ def _rewrite_getitem(rw, node):
             new_items.append(it)
             continue
         lab = x_labels.dims[d]
-        if isinstance(it, slice) and lab is not None and it != slice(None):
+        # (slices with run-time bounds or a step blocked their channels: nothing to recount)
+        if isinstance(it, slice) and lab is not None and it != slice(None) and _constant_bounds(it) \
+                and it.step in (None, 1):
             kept = rw.kept(lab)
             start, stop, _ = it.indices(lab.size)
             new = slice(int(kept[:start].sum()), int(kept[:stop].sum()))
