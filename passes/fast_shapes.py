@@ -56,10 +56,17 @@ _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div
                         "sigmoid_", "tanh", "neg"}
 _IN_PLACE = {operator.iadd, operator.isub, operator.imul, operator.itruediv, "add_", "sub_", "mul_", "div_", "relu_",
              "sigmoid_"}
-_SHAPE_PRESERVING_MODULES = (
-    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU,
-    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity, nn.LeakyReLU, nn.ELU, nn.Mish,
-)
+# Exact classes only: a subclass may accept other inputs or change the shape (it goes to the
+# meta kernel, and repeated ones to the memo).
+_SHAPE_PRESERVING_MODULES = frozenset({
+    nn.GroupNorm, nn.LayerNorm, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+    nn.Tanh, nn.Dropout, nn.Identity, nn.LeakyReLU, nn.ELU, nn.Mish,
+})
+# Per-channel norms check their input's rank: BatchNorm2d rejects a 3-d input, and so must we.
+_NORM_INPUT_NDIMS = {
+    nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,),
+    nn.InstanceNorm1d: (2, 3), nn.InstanceNorm2d: (3, 4), nn.InstanceNorm3d: (4, 5),
+}
 
 
 def _elementwise(args, kwargs, in_place: bool = False) -> torch.Tensor | None:
@@ -126,8 +133,6 @@ def _adaptive_avg_output(output_size, x: torch.Tensor, spatial: int) -> torch.Te
 
 def _fits_norm(module: nn.Module, x: torch.Tensor) -> bool:
     """A norm layer's parameters match the input (else the layer raises, and so must we)."""
-    if isinstance(module, nn.modules.batchnorm._NormBase):
-        return x.shape[1] == module.num_features
     if isinstance(module, nn.GroupNorm):
         return x.shape[1] == module.num_channels
     if isinstance(module, nn.LayerNorm):
@@ -141,7 +146,13 @@ def module_output(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor 
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
         return None
     x = args[0]
-    if isinstance(module, _SHAPE_PRESERVING_MODULES):
+    cls = type(module)
+    if cls in _NORM_INPUT_NDIMS:
+        ndims = _NORM_INPUT_NDIMS[cls]
+        channel_dim = 0 if len(ndims) == 2 and x.ndim == ndims[0] and cls.__name__.startswith("Instance") else 1
+        ok = x.ndim in ndims and x.shape[channel_dim] == module.num_features
+        return _like(x) if ok and x.is_floating_point() else None
+    if cls in _SHAPE_PRESERVING_MODULES:
         return _like(x) if x.ndim >= 2 and _fits_norm(module, x) else None
     if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
         return _conv_output(module, x)

@@ -85,6 +85,14 @@ def test_in_place_op_cannot_grow_its_target():
     (nn.AdaptiveAvgPool1d(3), _meta(2, 4, 9)),
     (nn.BatchNorm2d(4, device="meta"), _meta(2, 4, 3, 3)),
     (nn.BatchNorm2d(4, device="meta"), _meta(2, 5, 3, 3)),
+    (nn.BatchNorm2d(4, device="meta"), _meta(4, 3, 3)),  # wrong rank: the module raises
+    (nn.BatchNorm1d(4, device="meta"), _meta(2, 4, 3, 3)),
+    (nn.BatchNorm1d(4, device="meta"), _meta(2, 4)),
+    (nn.BatchNorm1d(4, device="meta"), _meta(2, 4, 7)),
+    (nn.InstanceNorm1d(4, affine=True, device="meta"), _meta(4, 7)),  # unbatched
+    (nn.InstanceNorm2d(4, affine=True, device="meta"), _meta(2, 4, 3, 3)),
+    (nn.InstanceNorm2d(4, affine=True, device="meta"), _meta(4, 3, 3)),
+    (nn.InstanceNorm2d(4, affine=True, device="meta"), _meta(3, 4, 3)),
     (nn.GroupNorm(2, 4, device="meta"), _meta(2, 6, 3)),
     (nn.LayerNorm(8, device="meta"), _meta(2, 3, 8)),
     (nn.LayerNorm(8, device="meta"), _meta(2, 8, 3)),
