@@ -192,3 +192,28 @@ def test_slices_with_run_time_bounds_or_a_step_keep_their_index():
     assert not conv1.prunable and "step" in conv1.reason
     getitem = next(n for n in small.graph.nodes if n.op == "call_function" and "getitem" in n.name)
     assert getitem.args[1][1] == slice(None, None, 2)
+
+
+class FunctionalGroupNorm(nn.Module):  # timm GroupNormAct / GroupNorm1: F.group_norm with stored tensors
+    def __init__(self, affine=True):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 5, 1)
+        self.weight = nn.Parameter(torch.rand(16) + 0.5) if affine else None
+        self.bias = nn.Parameter(torch.randn(16)) if affine else None
+
+    def forward(self, x):
+        y = F.group_norm(self.conv1(x), 4, self.weight, self.bias, 1e-5)
+        return self.conv2(torch.relu(y))
+
+
+def test_functional_group_norm_prunes_whole_norm_groups():
+    model = FunctionalGroupNorm().eval()
+    space, small = _prune_and_compare(model, torch.randn(1, 3, 6, 6), torch.randn(2, 3, 6, 6))
+    conv1 = next(g for g in space.groups if g.name == "conv1.weight[dim 0]")
+    assert conv1.prunable and conv1.channels == 4  # one ZIG per norm group of 4 channels
+    assert {s.name for s in conv1.slices} >= {"weight", "bias", "conv2.weight"}
+    assert small.conv1.out_channels == 8  # half of the 4 groups zeroed and removed
+    node = next(n for n in small.graph.nodes if n.target is F.group_norm)
+    assert node.args[1] == 2
+
+    _prune_and_compare(FunctionalGroupNorm(affine=False).eval(), torch.randn(1, 3, 6, 6), torch.randn(2, 3, 6, 6))

@@ -158,3 +158,46 @@ def _functional_batch_norm(ctx, node):
     if tensors["weight"] is not None and tensors["bias"] is not None:
         return set_nonzero(out, [1], 0)  # scale and shift zeroed with the channel
     return set_nonzero(out, [1], ctx.code(node)) if tensors["running_mean"] is not None else out
+
+
+def _functional_group_norm(ctx, node):
+    """``F.group_norm(x, num_groups, weight, bias)`` with stored tensors (timm's GroupNormAct, GroupNorm1)."""
+    from passes.channel_analysis import unknown_op
+
+    x = ctx.labels(node.args[0]) if node.args else None  # (the rewrite reads the positional input)
+    num_groups = ctx.arg(node, 1, "num_groups")
+    tensors = {k: ctx.arg(node, i + 2, k) for i, k in enumerate(("weight", "bias"))}
+    if (x is None or x.ndim < 2 or not isinstance(num_groups, int) or num_groups <= 0 or x.shape[1] % num_groups
+            or any(t is not None and getattr(t, "op", None) != "get_attr" for t in tensors.values())):
+        return unknown_op(ctx, node)
+    out = elementwise(ctx, node, [x], KEEP)
+    lab = x.dims[1]
+    if lab is None:
+        return out
+    _block_statistics_dims(ctx, node, x, 1)
+    if (lab.atoms < 0).any():
+        ctx.atoms.block(lab.atoms, f"{ctx.describe(node)} normalises partly untracked channels")
+        return out
+    per_group = x.shape[1] // num_groups
+    # statistics are shared within a norm group: its channels go (or stay) together
+    ctx.atoms.unify(lab.atoms, np.repeat(lab.atoms[::per_group], per_group), "group norm group")
+    for t in tensors.values():
+        if t is not None:
+            ctx.atoms.unify(lab.atoms, ctx.param_atoms(t.target, 0, PRODUCER, like=lab.atoms), ctx.describe(node))
+    affine = tensors["weight"] is not None and tensors["bias"] is not None
+    return set_nonzero(out, [1], 0 if affine else ctx.code(node))
+
+
+def _rewrite_functional_group_norm(rw, node):
+    lab = rw.input_labels(node).dims[1]
+    if lab is None:
+        return
+    per_group = lab.size // rw.arg(node, 1, "num_groups")
+    num_groups = rw.kept_count(lab) // per_group
+    if len(node.args) > 1:
+        node.args = (node.args[0], num_groups, *node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "num_groups": num_groups}
+
+
+RULES.function(F.group_norm, rewrite=_rewrite_functional_group_norm)(_functional_group_norm)
