@@ -63,9 +63,11 @@ _SHAPE_PRESERVING_MODULES = frozenset({
     nn.Tanh, nn.Dropout, nn.Identity, nn.LeakyReLU, nn.ELU, nn.Mish,
 })
 # Per-channel norms check their input's rank: BatchNorm2d rejects a 3-d input, and so must we.
-_NORM_INPUT_NDIMS = {
-    nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,),
-    nn.InstanceNorm1d: (2, 3), nn.InstanceNorm2d: (3, 4), nn.InstanceNorm3d: (4, 5),
+# Per class: the ranks it takes with a batch dim (channels at dim 1), and its unbatched rank
+# (channels at dim 0), if it has one.
+_NORM_RANKS: dict[type, tuple[tuple[int, ...], int | None]] = {
+    nn.BatchNorm1d: ((2, 3), None), nn.BatchNorm2d: ((4,), None), nn.BatchNorm3d: ((5,), None),
+    nn.InstanceNorm1d: ((3,), 2), nn.InstanceNorm2d: ((4,), 3), nn.InstanceNorm3d: ((5,), 4),
 }
 
 
@@ -147,20 +149,21 @@ def module_output(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor 
         return None
     x = args[0]
     cls = type(module)
-    if cls in _NORM_INPUT_NDIMS:
-        ndims = _NORM_INPUT_NDIMS[cls]
-        channel_dim = 0 if len(ndims) == 2 and x.ndim == ndims[0] and cls.__name__.startswith("Instance") else 1
-        ok = x.ndim in ndims and x.shape[channel_dim] == module.num_features
-        return _like(x) if ok and x.is_floating_point() else None
+    if cls in _NORM_RANKS:
+        batched, unbatched = _NORM_RANKS[cls]
+        if x.ndim not in batched and x.ndim != unbatched:
+            return None
+        channel_dim = 0 if x.ndim == unbatched else 1
+        return _like(x) if x.shape[channel_dim] == module.num_features and x.is_floating_point() else None
     if cls in _SHAPE_PRESERVING_MODULES:
         return _like(x) if x.ndim >= 2 and _fits_norm(module, x) else None
-    if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    if cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
         return _conv_output(module, x)
-    if type(module) is nn.Linear:
+    if cls is nn.Linear:
         return _linear_output(module, x)
-    if type(module) is nn.AdaptiveAvgPool2d:
+    if cls is nn.AdaptiveAvgPool2d:
         return _adaptive_avg_output(module.output_size, x, 2)
-    if type(module) is nn.AdaptiveAvgPool1d:
+    if cls is nn.AdaptiveAvgPool1d:
         return _adaptive_avg_output(module.output_size, x, 1)
     return None
 

@@ -2,8 +2,9 @@
 
 First choice: closed-form shapes for the most common ops (``fast_shapes``); for the
 rest, run a twin of the graph module whose parameters and buffers are meta-device
-tensors (no data, no compute; the user's tensors are never read or written).  If some op has no meta kernel, fall back to FakeTensorMode, which swaps
-fake copies in per module call (slower, more general).
+tensors (no data, no compute; the user's tensors are never read or written), reusing
+results for repeated calls (``shape_memo``).  If some op has no meta kernel, fall back
+to FakeTensorMode, which swaps fake copies in per module call (slower, more general).
 """
 from __future__ import annotations
 

@@ -75,22 +75,31 @@ def _rewrite_per_channel_norm(rw, node):
 RULES.module(*BN_TYPES, *IN_TYPES, rewrite=_rewrite_per_channel_norm)(_per_channel_norm)
 
 
-def _group_norm(ctx, node):
-    m = ctx.module(node)
-    x = ctx.labels(node.args[0])
+def _norm_groups(ctx, node, x: TensorLabels | None, num_groups: int, scale_shift: list[str], affine: bool):
+    """GroupNorm's channel semantics, for the module and ``F.group_norm`` alike.
+
+    ``scale_shift``: the names of the stored per-channel scale and shift that are present.
+    """
     out = elementwise(ctx, node, [x], KEEP)
     if x is None or x.dims[1] is None:
         return out
     _block_statistics_dims(ctx, node, x, 1)
     lab = x.dims[1]
-    per_group = m.num_channels // m.num_groups
     if (lab.atoms < 0).any():
         ctx.atoms.block(lab.atoms, f"{ctx.describe(node)} normalises partly untracked channels")
         return out
+    per_group = x.shape[1] // num_groups
     # statistics are shared within a norm group: its channels go (or stay) together
     ctx.atoms.unify(lab.atoms, np.repeat(lab.atoms[::per_group], per_group), "group norm group")
-    _attach_channel_params(ctx, node, m, x, 1)
-    return set_nonzero(out, [1], 0 if m.affine else ctx.code(node))
+    for name in scale_shift:
+        ctx.atoms.unify(lab.atoms, ctx.param_atoms(name, 0, PRODUCER, like=lab.atoms), ctx.describe(node))
+    return set_nonzero(out, [1], 0 if affine else ctx.code(node))
+
+
+def _group_norm(ctx, node):
+    m = ctx.module(node)
+    present = [f"{node.target}.{k}" for k in ("weight", "bias") if getattr(m, k, None) is not None]
+    return _norm_groups(ctx, node, ctx.labels(node.args[0]), m.num_groups, present, m.affine)
 
 
 def _rewrite_group_norm(rw, node):
@@ -170,22 +179,9 @@ def _functional_group_norm(ctx, node):
     if (x is None or x.ndim < 2 or not isinstance(num_groups, int) or num_groups <= 0 or x.shape[1] % num_groups
             or any(t is not None and getattr(t, "op", None) != "get_attr" for t in tensors.values())):
         return unknown_op(ctx, node)
-    out = elementwise(ctx, node, [x], KEEP)
-    lab = x.dims[1]
-    if lab is None:
-        return out
-    _block_statistics_dims(ctx, node, x, 1)
-    if (lab.atoms < 0).any():
-        ctx.atoms.block(lab.atoms, f"{ctx.describe(node)} normalises partly untracked channels")
-        return out
-    per_group = x.shape[1] // num_groups
-    # statistics are shared within a norm group: its channels go (or stay) together
-    ctx.atoms.unify(lab.atoms, np.repeat(lab.atoms[::per_group], per_group), "group norm group")
-    for t in tensors.values():
-        if t is not None:
-            ctx.atoms.unify(lab.atoms, ctx.param_atoms(t.target, 0, PRODUCER, like=lab.atoms), ctx.describe(node))
+    present = [t.target for t in tensors.values() if t is not None]
     affine = tensors["weight"] is not None and tensors["bias"] is not None
-    return set_nonzero(out, [1], 0 if affine else ctx.code(node))
+    return _norm_groups(ctx, node, x, num_groups, present, affine)
 
 
 def _rewrite_functional_group_norm(rw, node):
