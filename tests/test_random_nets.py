@@ -10,7 +10,6 @@ Profiles: ``ci`` (default; 200 derandomized examples, so CI is reproducible) and
 """
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest
