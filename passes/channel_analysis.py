@@ -302,7 +302,9 @@ def _mutated_input(ctx: AnalysisContext, node: fx.Node) -> fx.Node | None:
         return node.args[0]
     if node.op == "call_function" and (node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace") is True):
         return node.args[0]
-    if node.op == "call_module" and getattr(ctx.module(node), "inplace", False) is True:
+    # Read the instance dict: nn.Module.__getattr__ would build an AttributeError for every module
+    # without the attribute, which costs more than the rest of this check.
+    if node.op == "call_module" and vars(ctx.module(node)).get("inplace", False) is True:
         return node.args[0]
     return None
 
