@@ -3,9 +3,7 @@
 BatchNorm / InstanceNorm normalise each channel alone: their scale and shift are
 producers of the channel (zeroing them zeroes it, whatever the statistics), running
 statistics are buffers sliced along.  GroupNorm normalises whole groups of channels,
-so the channels of one norm group form one ZIG.  LayerNorm over channel dimensions
-mixes every channel into the statistics: removing a zero channel changes them, so
-those channels are unprunable.
+so the channels of one norm group form one ZIG.  LayerNorm is in layer_norm.py.
 """
 from __future__ import annotations
 
@@ -16,7 +14,7 @@ from torch import nn
 from fxprune.labels import TensorLabels
 from fxprune.layout import BUFFER, PRODUCER
 
-from .common import CONST, KEEP, block_dims, elementwise, set_nonzero
+from .common import KEEP, block_dims, elementwise, set_nonzero
 from .registry import RULES
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -113,36 +111,6 @@ def _rewrite_group_norm(rw, node):
 
 
 RULES.module(nn.GroupNorm, rewrite=_rewrite_group_norm)(_group_norm)
-
-
-def _layer_norm_over(ctx, node, x: TensorLabels | None, n_normalized: int):
-    out = elementwise(ctx, node, [x], CONST)
-    if x is None:
-        return out
-    normalized = list(range(x.ndim - n_normalized, x.ndim))
-    block_dims(
-        ctx, x, normalized,
-        f"{ctx.describe(node)} normalises over these channels: removing even zero channels changes its statistics",
-    )
-    return out
-
-
-@RULES.module(nn.LayerNorm)
-def _layer_norm(ctx, node):
-    m = ctx.module(node)
-    return _layer_norm_over(ctx, node, ctx.labels(node.args[0]), len(m.normalized_shape))
-
-
-@RULES.function(F.layer_norm)
-def _functional_layer_norm(ctx, node):
-    shape = ctx.arg(node, 1, "normalized_shape")
-    n = 1 if isinstance(shape, int) else len(shape)
-    for extra in node.args[2:4]:  # weight/bias get_attrs: their own atoms are blocked with the channels
-        ctx.block_value(ctx.value(extra), f"{ctx.describe(node)} normalises over these channels")
-    for k in ("weight", "bias"):
-        if k in node.kwargs:
-            ctx.block_value(ctx.value(node.kwargs[k]), f"{ctx.describe(node)} normalises over these channels")
-    return _layer_norm_over(ctx, node, ctx.labels(node.args[0]), n)
 
 
 @RULES.function(F.batch_norm)

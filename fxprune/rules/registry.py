@@ -66,8 +66,19 @@ class RuleRegistry:
         if node.op == "call_module":
             cls = type(module if module is not None else root.get_submodule(node.target))
             if cls not in self._by_class:
-                self._by_class[cls] = next((self.modules[c] for c in cls.__mro__ if c in self.modules), None)
+                self._by_class[cls] = self._inherited_rule(cls)
             return self._by_class[cls]
+        return None
+
+    def _inherited_rule(self, cls: type) -> Rule | None:
+        """The rule of the nearest registered class in ``cls``'s MRO, if ``cls`` runs that class's forward.
+
+        A subclass with its own ``forward`` (a user leaf such as a LayerNorm over channels-first
+        input) computes something else: it gets no rule, so it is a barrier until registered itself.
+        """
+        for c in cls.__mro__:
+            if c in self.modules:
+                return self.modules[c] if getattr(cls, "forward", None) is getattr(c, "forward", None) else None
         return None
 
 
