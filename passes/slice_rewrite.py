@@ -154,6 +154,8 @@ def build_compact(
     if removed_atom.any():
         rw = RewriteContext(root, removed_atom)
         for old, new in env.items():
+            if new._erased:  # a rule that wrote its op out in other ops removed this user of it
+                continue
             if old.op in ("call_module", "call_function", "call_method"):
                 rule = RULES.lookup(old, gm)
                 if rule is not None and rule.rewrite is not None:

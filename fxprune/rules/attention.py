@@ -3,9 +3,9 @@
 A matmul contracts the last dim of its left operand with the second-to-last of its
 right operand: those channels are consumed (exact if zero), batch dims align like an
 elementwise op.  Softmax over a channel dim is channel-sensitive.  Scaled-dot-product
-attention with its default scale 1/sqrt(head_dim) reads the head dim's size, and
-``nn.MultiheadAttention`` ties its embedding width to its input and output: both
-are barriers for now.
+attention with its default scale 1/sqrt(head_dim) reads the head dim's size: a
+barrier unless ``scale=`` is given.  ``nn.MultiheadAttention`` is in
+multihead_attention.py.
 """
 from __future__ import annotations
 
@@ -104,14 +104,3 @@ def _sdpa(ctx, node):
     if dims[-2] is not None:
         dims[-2] = dims[-2].with_nonzero(ctx.code(node))
     return TensorLabels(tuple(out_shape), tuple(dims))
-
-
-@RULES.module(nn.MultiheadAttention)
-def _mha(ctx, node):
-    from passes.channel_analysis import unknown_op
-
-    values = [ctx.value(a) for a in node.args[:3]] + [ctx.value(node.kwargs.get(k)) for k in ("query", "key", "value")]
-    ctx.block_value(values, f"{ctx.describe(node)} ties embed_dim to its input and output widths "
-                            "(head pruning inside nn.MultiheadAttention is not supported yet)")
-    return unknown_op(ctx, node)
-
