@@ -367,6 +367,11 @@ def _block_unclaimed(table: AtomTable) -> None:
     for a, b in table.edges:
         linked[a] = True
         linked[b] = True
+    # a dimension that adopted these atoms (``param_atoms(like=...)``) couples to them without an edge
+    uses = np.zeros(table.count, dtype=np.int64)
+    for pd in table.param_dims.values():
+        np.add.at(uses, pd.atoms, 1)
+    linked |= uses > 1
     for pd in table.param_dims.values():
         if pd.role is None and not linked[pd.atoms].any():
             table.block(pd.atoms, f"no op gives dimension {pd.dim} of '{pd.name}' a channel meaning")

@@ -217,3 +217,21 @@ def test_functional_group_norm_prunes_whole_norm_groups():
     assert node.args[1] == 2
 
     _prune_and_compare(FunctionalGroupNorm(affine=False).eval(), torch.randn(1, 3, 6, 6), torch.randn(2, 3, 6, 6))
+
+
+class ParameterMatmul(nn.Module):  # x @ W with a free parameter whose columns feed a Linear
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(3, 6)
+        self.w = nn.Parameter(torch.randn(6, 5))
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(torch.relu(self.inp(x)) @ self.w))
+
+
+def test_free_parameter_dim_read_straight_into_a_consumer_is_prunable():
+    # the consumer adopts the parameter's atoms (no union edge): that still gives the dim a channel meaning
+    space, small = _prune_and_compare(ParameterMatmul().eval(), torch.randn(2, 3), torch.randn(4, 3))
+    columns = next(g for g in space.groups if g.name == "w[dim 1]")
+    assert columns.prunable and small.w.shape[1] == small.out.in_features < 5
