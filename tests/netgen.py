@@ -545,6 +545,56 @@ def draw_tnorm(draw, c, side):
     return {"side": side}, c
 
 
+class TokenAttention(nn.Module):
+    """ViT-style: pixels as tokens, [LayerNorm], nn.MultiheadAttention, [+ x], back to NCHW."""
+
+    def __init__(self, c, o):
+        super().__init__()
+        self.norm = nn.LayerNorm(c) if o["ln"] else None
+        self.attn = nn.MultiheadAttention(c, o["heads"], bias=o["bias"], batch_first=o["batch_first"])
+        self.res, self.batch_first = o["res"], o["batch_first"]
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+        y = self.norm(t) if self.norm is not None else t
+        if not self.batch_first:
+            y = y.transpose(0, 1)
+        y = self.attn(y, y, y, need_weights=False)[0]
+        if not self.batch_first:
+            y = y.transpose(0, 1)
+        t = t + y if self.res else y
+        return t.transpose(1, 2).reshape(n, c, h, w)
+
+
+def draw_mha(draw, c):
+    return {"heads": draw(st.sampled_from(divisors(c))), "ln": draw(st.booleans()), "bias": draw(st.booleans()),
+            "batch_first": draw(st.booleans()), "res": draw(st.booleans())}, c
+
+
+class EinsumAttention(nn.Module):
+    """Hand-written attention over pixels: 1x1-conv q/k/v heads, einsum with an explicit scale, 1x1 projection."""
+
+    def __init__(self, c, o):
+        super().__init__()
+        inner = o["heads"] * o["dim"]
+        self.heads, self.scale = o["heads"], o["dim"] ** -0.5
+        self.qkv = nn.Conv2d(c, 3 * inner, 1, bias=o["bias"])
+        self.proj = nn.Conv2d(inner, c, 1)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(x).flatten(2).chunk(3, dim=1)  # (N, heads*dim, HW) each
+        q, k, v = (t.unflatten(1, (self.heads, -1)) for t in (q, k, v))  # (N, heads, dim, HW)
+        attn = torch.einsum("nhdi,nhdj->nhij", q * self.scale, k).softmax(-1)
+        out = torch.einsum("nhij,nhdj->nhdi", attn, v).flatten(1, 2)
+        return x + self.proj(out.reshape(n, -1, h, w))
+
+
+def draw_einsum(draw, c):
+    return {"heads": draw(st.integers(1, 3)), "dim": draw(st.integers(1, 6)), "bias": draw(st.booleans())}, c
+
+
 BLOCKS: dict[str, tuple[Callable, Callable]] = {
     "conv": (draw_conv, build_conv),
     "bn": (draw_bn, build_bn),
@@ -574,6 +624,8 @@ BLOCKS: dict[str, tuple[Callable, Callable]] = {
     "mixer": (draw_mixer, TokenMix),
     "fold": (draw_fold, FoldConv),
     "tnorm": (draw_tnorm, TransposedNorm),
+    "mha": (draw_mha, TokenAttention),
+    "einsum": (draw_einsum, EinsumAttention),
 }
 NEEDS_SIDE = {"mixer", "tnorm"}  # their drawers also get the spatial size
 SPATIAL = {"down": lambda s: s // 2, "up": lambda s: s * 2}
@@ -720,6 +772,9 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
             if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
                 m.weight.copy_(1 + 0.5 * torch.randn(m.weight.shape, generator=gen))
                 m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=gen))
+            if isinstance(m, nn.LayerNorm):
+                m.weight.copy_(1 + 0.5 * torch.randn(m.weight.shape, generator=gen))
+                m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=gen))
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(0.5 * torch.randn(m.running_mean.shape, generator=gen))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
@@ -743,6 +798,8 @@ def net_specs(draw, max_blocks: int = 8, kinds: tuple[str, ...] = KINDS) -> NetS
             kind = "bn"  # keep the spatial size in [1, 16]
         if kind == "split" and c < 2 or kind == "shuffle" and c < 2:
             kind = "bn"  # a single channel cannot be split or shuffled
+        if kind == "in" and side < 2:
+            kind = "bn"  # instance statistics need more than one pixel
         o, c_out = BLOCKS[kind][0](draw, c, side) if kind in NEEDS_SIDE else BLOCKS[kind][0](draw, c)
         side = SPATIAL[kind](side) if kind in SPATIAL else side
         assert block_out(kind, c, o) == c_out, (kind, c, o, c_out)

@@ -220,6 +220,9 @@ ONE_BLOCK = {
     "fold-channels-into-batch": ("fold", 8, {"bias": True}),
     "fold-channels-into-batch-nobias": ("fold", 8, {"bias": False}),
     "bn-on-transposed": ("tnorm", 8, {"side": 8}),
+    "mha-prenorm-residual": ("mha", 8, {"heads": 2, "ln": True, "bias": True, "batch_first": True, "res": True}),
+    "mha-seq-first-nobias": ("mha", 8, {"heads": 4, "ln": False, "bias": False, "batch_first": False, "res": False}),
+    "einsum-attention": ("einsum", 8, {"heads": 2, "dim": 3, "bias": True}),
 }
 HEADS = {
     "gap-flatten": ("gap", {"flat": "flatten", "hidden": 0}),
