@@ -211,3 +211,25 @@ def test_compact_layer_norm_compiles():
     compiled = torch.compile(small, backend="inductor")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), small(x), rtol=1e-4, atol=1e-5)
+
+
+class StackedNorms(nn.Module):
+    """A LayerNorm reading another rewritten LayerNorm, and one reading a rewritten attention output."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(8), nn.LayerNorm(8), nn.LayerNorm(8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.norm2(self.norm1(self.embed(x)))
+        return self.head(self.norm3(self.attn(x, x, x, need_weights=False)[0]))
+
+
+def test_rewrites_that_read_another_rewritten_node():
+    model = _perturbed(StackedNorms())
+    space, small = _prune(model, torch.randn(2, 3, 4))
+    assert _group(space, "embed.weight[dim 0]").prunable and small.embed.out_features < 8
+    _assert_same(small, model, torch.randn(3, 5, 4))

@@ -124,6 +124,7 @@ def _write_exact_layer_norm(node: fx.Node, n_normalized: int, total: int, kept: 
             y = op(operator.add, y, bias)
         if low_precision:
             y = graph.call_method("to", (y, dtype))
+    y.meta = dict(node.meta)  # later rewrites read the dense shape and labels of their inputs from meta
     node.replace_all_uses_with(y)
     graph.erase_node(node)
 
