@@ -1,6 +1,7 @@
 """Symbolic tracing with user-declared leaf modules and errors that say what to try."""
 from __future__ import annotations
 
+import functools
 import traceback
 from typing import Any, Iterable
 
@@ -8,10 +9,15 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import TraceError
+from .transformer_tracing import TRACEABLE_FORWARDS
 
 
 class _LeafTracer(fx.Tracer):
-    """The default FX tracer, plus user-declared leaf module types and instance names."""
+    """The default FX tracer, plus user-declared leaf module types and instance names.
+
+    torch.nn's transformer modules are traced through (with forwards FX can follow) unless
+    declared leaves.
+    """
 
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]):
         super().__init__()
@@ -21,7 +27,15 @@ class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self._leaf_names or (self._leaf_types and isinstance(m, self._leaf_types)):
             return True
+        if type(m) in TRACEABLE_FORWARDS:
+            return False
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        traceable = TRACEABLE_FORWARDS.get(type(m))
+        if traceable is not None and not self.is_leaf_module(m, self.path_of_module(m)):
+            forward = functools.partial(traceable, m)  # torch.nn's transformer modules: see transformer_tracing
+        return super().call_module(m, forward, args, kwargs)
 
 
 def _split_leaves(leaf_modules: Iterable[Any] | None) -> tuple[tuple[type, ...], frozenset[str]]:

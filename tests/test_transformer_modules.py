@@ -1,0 +1,98 @@
+"""torch.nn's transformer modules are traced through, so their heads, feed-forward widths
+and residual stream are prunable; each case is constructed with verify=True and compared
+on inputs of another batch size and sequence length."""
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+from fxprune.metrics import count_params
+
+
+def _perturbed(model):
+    with torch.no_grad():  # LayerNorms start at scale 1, shift 0: make every entry matter
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def _assert_same(small, model, *inputs):
+    with torch.no_grad():
+        torch.testing.assert_close(small(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
+
+
+class EncoderModel(nn.Module):
+    def __init__(self, norm_first=False, batch_first=True, activation="relu", mask=False):
+        super().__init__()
+        self.embed = nn.Linear(5, 16)
+        layer = nn.TransformerEncoderLayer(16, 4, 24, batch_first=batch_first, norm_first=norm_first,
+                                           activation=activation)
+        self.encoder = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16), enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+        self.mask = mask
+
+    def forward(self, x, padding=None):
+        x = self.embed(x)
+        if self.mask:
+            return self.head(self.encoder(x, src_key_padding_mask=padding))
+        return self.head(self.encoder(x))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", nn.GELU()])
+def test_transformer_encoder_is_prunable_and_exact(norm_first, batch_first, activation):
+    torch.manual_seed(0)
+    model = _perturbed(EncoderModel(norm_first, batch_first, activation))
+    space = fxprune.trace(model, torch.randn(4, 2, 5))
+    names = {g.name: g for g in space.groups}
+    assert names["embed.weight[dim 0]"].prunable  # the residual stream
+    assert names["encoder.layers.0.linear1.weight[dim 0]"].prunable  # the feed-forward width
+    assert names["encoder.layers.1.self_attn.in_proj_weight[dim 0]"].prunable  # the heads
+    space.zero_random_groups(0.5, seed=0)
+    small = space.construct_subnet(verify=True)
+    assert count_params(small) < count_params(model)
+    _assert_same(small, model, torch.randn(6, 3, 5))
+
+
+def test_padding_mask_keeps_attention_channels_but_not_the_feed_forward():
+    torch.manual_seed(0)
+    model = _perturbed(EncoderModel(mask=True))
+    padding = torch.tensor([[False] * 4 + [True] * 2] * 3)  # the last 2 of 6 tokens
+    space = fxprune.trace(model, (torch.randn(3, 6, 5), padding))
+    names = {g.name: g for g in space.groups}
+    assert not names["embed.weight[dim 0]"].prunable and "called with a mask" in names["embed.weight[dim 0]"].reason
+    assert names["encoder.layers.0.linear1.weight[dim 0]"].prunable
+    space.zero_random_groups(0.5, seed=0)
+    _assert_same(space.construct_subnet(verify=True), model, torch.randn(3, 6, 5), padding)
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.src, self.tgt = nn.Linear(4, 16), nn.Linear(3, 16)
+        self.transformer = nn.Transformer(16, 2, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=24,
+                                          batch_first=True)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, src, tgt):
+        return self.head(self.transformer(self.src(src), self.tgt(tgt)))
+
+
+def test_encoder_decoder_transformer_is_prunable_and_exact():
+    torch.manual_seed(0)
+    model = _perturbed(Seq2Seq())
+    space = fxprune.trace(model, (torch.randn(2, 5, 4), torch.randn(2, 3, 3)))
+    names = {g.name: g for g in space.groups}
+    assert names["transformer.decoder.layers.1.multihead_attn.in_proj_weight[dim 0]"].prunable  # cross-attention heads
+    space.zero_random_groups(0.5, seed=0)
+    small = space.construct_subnet(verify=True)
+    assert count_params(small) < count_params(model)
+    _assert_same(small, model, torch.randn(3, 6, 4), torch.randn(3, 4, 3))
+
+
+def test_a_declared_leaf_transformer_layer_stays_a_barrier():
+    model = _perturbed(EncoderModel())
+    space = fxprune.trace(model, torch.randn(2, 4, 5), leaf_modules=[nn.TransformerEncoderLayer])
+    embed = next(g for g in space.groups if g.name == "embed.weight[dim 0]")
+    assert not embed.prunable and "TransformerEncoderLayer" in embed.reason
