@@ -96,3 +96,21 @@ def test_a_declared_leaf_transformer_layer_stays_a_barrier():
     space = fxprune.trace(model, torch.randn(2, 4, 5), leaf_modules=[nn.TransformerEncoderLayer])
     embed = next(g for g in space.groups if g.name == "embed.weight[dim 0]")
     assert not embed.prunable and "TransformerEncoderLayer" in embed.reason
+
+
+def test_dhspg_trains_a_transformer_encoder_to_an_exact_compact_model():
+    torch.manual_seed(0)
+    model = EncoderModel(norm_first=True)
+    x, y = torch.randn(16, 6, 5), torch.randint(0, 3, (16, 6))
+    space = fxprune.trace(model, x[:2])
+    opt = fxprune.DHSPG(space, lr=0.05, momentum=0.9, target_group_sparsity=0.5, start_pruning_step=10,
+                        pruning_steps=30)
+    for _ in range(60):
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, 3), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert int(opt.zero_zigs().sum()) == space.num_zigs // 2
+    small = space.construct_subnet(verify=True)
+    assert count_params(small) < count_params(model)
+    _assert_same(small, model.eval(), x)
