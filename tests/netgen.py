@@ -595,6 +595,23 @@ def draw_einsum(draw, c):
     return {"heads": draw(st.integers(1, 3)), "dim": draw(st.integers(1, 6)), "bias": draw(st.booleans())}, c
 
 
+class SdpaAttention(nn.Module):
+    """timm-style attention over pixels: one qkv Linear, reshape to heads, SDPA with its default scale."""
+
+    def __init__(self, c, o):
+        super().__init__()
+        self.heads, inner = o["heads"], o["heads"] * o["dim"]
+        self.qkv = nn.Linear(c, 3 * inner, bias=o["bias"])
+        self.proj = nn.Linear(inner, c)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+        q, k, v = self.qkv(t).reshape(n, h * w, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h * w, -1)
+        return x + self.proj(y).transpose(1, 2).reshape(n, c, h, w)
+
+
 BLOCKS: dict[str, tuple[Callable, Callable]] = {
     "conv": (draw_conv, build_conv),
     "bn": (draw_bn, build_bn),
@@ -626,6 +643,7 @@ BLOCKS: dict[str, tuple[Callable, Callable]] = {
     "tnorm": (draw_tnorm, TransposedNorm),
     "mha": (draw_mha, TokenAttention),
     "einsum": (draw_einsum, EinsumAttention),
+    "sdpa": (draw_einsum, SdpaAttention),
 }
 NEEDS_SIDE = {"mixer", "tnorm"}  # their drawers also get the spatial size
 SPATIAL = {"down": lambda s: s // 2, "up": lambda s: s * 2}

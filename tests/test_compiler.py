@@ -320,7 +320,7 @@ def test_head_dims_prune_through_explicit_scale_attention():
     torch.testing.assert_close(small(x2), model(x2))
 
 
-def test_default_scale_attention_keeps_head_dims():
+def test_default_scale_attention_prunes_head_dims_with_the_dense_scale_written_in():
     class DefaultScale(HandWrittenAttention):
         def forward(self, x):
             b, n, d = x.shape
@@ -328,6 +328,14 @@ def test_default_scale_attention_keeps_head_dims():
             y = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
             return self.head(self.proj(y.transpose(1, 2).reshape(b, n, d)).mean(1))
 
-    space = fxprune.trace(DefaultScale().eval(), torch.randn(2, 5, 16))
+    model = DefaultScale().eval()
+    space = fxprune.trace(model, torch.randn(2, 5, 16))
     qkv = next(g for g in space.groups if g.name == "qkv.weight[dim 0]")
-    assert not qkv.prunable and "sqrt(head_dim)" in qkv.reason
+    assert qkv.prunable
+    space.zero_random_groups(0.5, seed=0)
+    small = space.construct_subnet(verify=True)
+    assert small.proj.in_features < 16
+    sdpa = next(n for n in small.graph.nodes if n.target is torch.nn.functional.scaled_dot_product_attention)
+    assert sdpa.kwargs["scale"] == 1 / 8**0.5  # 1/sqrt of the dense head dim
+    x2 = torch.randn(3, 7, 16)
+    torch.testing.assert_close(small(x2), model(x2))

@@ -223,6 +223,9 @@ ONE_BLOCK = {
     "mha-prenorm-residual": ("mha", 8, {"heads": 2, "ln": True, "bias": True, "batch_first": True, "res": True}),
     "mha-seq-first-nobias": ("mha", 8, {"heads": 4, "ln": False, "bias": False, "batch_first": False, "res": False}),
     "einsum-attention": ("einsum", 8, {"heads": 2, "dim": 3, "bias": True}),
+    "sdpa-default-scale": ("sdpa", 8, {"heads": 2, "dim": 4, "bias": False}),
+    # one head of width 1: the q/k/v factor carries the channels and unbind takes it apart
+    "sdpa-unbind-labelled-dim": ("sdpa", 4, {"heads": 1, "dim": 1, "bias": False}),
 }
 HEADS = {
     "gap-flatten": ("gap", {"flat": "flatten", "hidden": 0}),

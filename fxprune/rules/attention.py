@@ -3,12 +3,13 @@
 A matmul contracts the last dim of its left operand with the second-to-last of its
 right operand: those channels are consumed (exact if zero), batch dims align like an
 elementwise op.  Softmax over a channel dim is channel-sensitive.  Scaled-dot-product
-attention with its default scale 1/sqrt(head_dim) reads the head dim's size: a
-barrier unless ``scale=`` is given.  ``nn.MultiheadAttention`` is in
-multihead_attention.py.
+attention contracts the head dim like a matmul; its default scale 1/sqrt(head_dim)
+reads the head dim's size, so the rewrite passes the dense model's scale explicitly.
+``nn.MultiheadAttention`` is in multihead_attention.py.
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -80,22 +81,27 @@ def _softmax_module(ctx, node):
     return _softmax(ctx, node, ctx.module(node).dim)
 
 
-@RULES.function(F.scaled_dot_product_attention)
+def _sdpa_scale(node):
+    return node.kwargs.get("scale", node.args[6] if len(node.args) > 6 else None)
+
+
 def _sdpa(ctx, node):
     q, k, v = (ctx.labels(a) for a in node.args[:3])
     out_shape = ctx.out_shape(node)
-    scale = node.kwargs.get("scale", node.args[6] if len(node.args) > 6 else None)
     # an attention mask (or anything else passed along) is read whole: its channels stay
-    extras = list(node.args[3:]) + [v for key, v in node.kwargs.items() if key not in ("scale", "is_causal",
+    extras = list(node.args[3:6]) + [v for key, v in node.kwargs.items() if key not in ("scale", "is_causal",
                                                                                        "dropout_p", "enable_gqa")]
     ctx.block_value(ctx.value(extras), f"{ctx.describe(node)} reads this tensor whole")
-    reason = f"{ctx.describe(node)} scales by 1/sqrt(head_dim): pass scale= to prune head dims"
-    if scale is None:
-        for t in (q, k):
-            block_dims(ctx, t, [t.ndim - 1] if t is not None else [], reason)
-    elif q is not None and k is not None and q.dims[-1] is not None and k.dims[-1] is not None:
+    # q·k over the head dim: a removed pair is zero on one side at least.  The default scale
+    # 1/sqrt(head_dim) is written in explicitly by the rewrite, so it stays the dense one.
+    if q is not None and k is not None and q.dims[-1] is not None and k.dims[-1] is not None:
         ctx.atoms.unify(q.dims[-1].atoms, k.dims[-1].atoms, "attention head dim")
         _require_product_zero(ctx, node, q.dims[-1], k.dims[-1])
+    else:
+        for t in (q, k):
+            if t is not None and t.dims[-1] is not None:
+                ctx.atoms.block(t.dims[-1].atoms, f"{ctx.describe(node)} contracts these channels with an "
+                                                  "untracked dimension")
     # keys/values: softmax over the key axis makes removed tokens matter
     for t in (k, v):
         block_dims(ctx, t, [t.ndim - 2] if t is not None else [], f"{ctx.describe(node)} attends over these channels")
@@ -104,3 +110,15 @@ def _sdpa(ctx, node):
     if dims[-2] is not None:
         dims[-2] = dims[-2].with_nonzero(ctx.code(node))
     return TensorLabels(tuple(out_shape), tuple(dims))
+
+
+def _rewrite_sdpa(rw, node):
+    """A default scale reads the (now smaller) head dim: pass the dense model's 1/sqrt(head_dim)."""
+    q_labels = rw.input_labels(node)
+    if _sdpa_scale(node) is not None or not isinstance(q_labels, TensorLabels) or q_labels.dims[-1] is None:
+        return
+    if rw.kept_count(q_labels.dims[-1]) != q_labels.shape[-1]:
+        node.kwargs = {**node.kwargs, "scale": 1.0 / math.sqrt(q_labels.shape[-1])}
+
+
+RULES.function(F.scaled_dot_product_attention, rewrite=_rewrite_sdpa)(_sdpa)

@@ -96,6 +96,9 @@ def _rewrite_split(rw, node):
     """split/chunk along a channel dim become ``torch.split`` with the pruned piece sizes."""
     x_labels: TensorLabels = rw.input_labels(node)
     outs = node.meta["fxprune.channels"]
+    name = node.target if isinstance(node.target, str) else node.target.__name__
+    if name == "unbind":
+        return  # the analysis kept the unbound dim whole: its pieces have no channel dim left to resize
     dim = normalize_dim(rw.arg(node, 2, "dim", 0), x_labels.ndim)
     if x_labels.dims[dim] is None:
         return
