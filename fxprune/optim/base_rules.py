@@ -7,7 +7,8 @@ update its per-parameter state identically:
   in the same order, as ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` (foreach), so
   parameters outside every prunable ZIG follow torch's trajectory.
 * ``direction``: for one prunable parameter, the tensor u such that the
-  unmodified step would be ``x <- decay * x - lr * u`` (``decay`` from ``decay()``).  The search direction of
+  unmodified step would be ``x <- decay * x - lr * u`` (``decay`` from ``decay()``;
+  the same formulas, though a fused kernel may round differently).  The search direction of
   the papers is ``d = u + (1 - decay) / lr * x`` (decay != 1 only for AdamW's
   decoupled weight decay); the group math works on (x, u, decay) directly.
 """
@@ -69,6 +70,10 @@ class SGDRule(BaseRule):
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = grad.detach().clone()
+            elif dampening == 0:
+                # buf <- grad + momentum·buf in one pass over memory instead of torch's two
+                # (mul_ then add_); equal up to float rounding.
+                torch.add(grad, buf, alpha=momentum, out=buf)
             else:
                 buf.mul_(momentum).add_(grad, alpha=1 - dampening)
             grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
