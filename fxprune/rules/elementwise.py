@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxprune.labels import SizeTaint, TensorLabels
+from fxprune.labels import DimLabel, SizeTaint, TensorLabels
 
-from .common import ADD, CONST, DIV, KEEP, MUL, elementwise
+from .common import ADD, CONST, DIV, KEEP, MUL, elementwise, set_nonzero
 from .registry import RULES
 
 # f(0) == 0: a zero channel stays zero
@@ -145,3 +145,53 @@ def _power_or_int(ctx, node):
         positive = isinstance(exponent, (int, float)) and exponent > 0
         return elementwise(ctx, node, [base], KEEP if positive else CONST)
     return elementwise(ctx, node, [base, exponent], CONST)
+
+
+# Tensor comparisons align channels like any binary op; what a zeroed channel compares to is
+# unknown here (0 > 0 is False, 0 < 1 is True), so their result is marked non-zero.  (The
+# operator.* spellings also compare Python numbers: structure.py routes their tensor case here.)
+compare_tensors = _binary(CONST)
+RULES.function(torch.gt, torch.ge, torch.lt, torch.le, torch.eq, torch.ne)(compare_tensors)
+RULES.method("gt", "ge", "lt", "le", "eq", "ne", "__gt__", "__ge__", "__lt__", "__le__", "__eq__",
+             "__ne__")(compare_tensors)
+
+
+@RULES.function(torch.where)
+@RULES.method("where")
+def _where(ctx, node):
+    """``where(cond, a, b)`` (or ``a.where(cond, b)``): channels align across all three; an output
+    channel is zero when ``a`` and ``b`` both are there, whatever ``cond`` says."""
+    from passes.channel_analysis import unknown_op
+
+    args = list(node.args)
+    if node.op == "call_method" and len(args) == 3:
+        args = [args[1], args[0], args[2]]
+    if len(args) != 3 or node.kwargs or not ctx.is_tensor(node):
+        return unknown_op(ctx, node)  # where(cond) returns indices
+    cond, a, b = (ctx.value(x) for x in args)
+    if any(isinstance(v, SizeTaint) for v in (cond, a, b)):
+        return unknown_op(ctx, node)
+    values = elementwise(ctx, node, [a, b], ADD)
+    if not isinstance(cond, TensorLabels):
+        return values
+    aligned = elementwise(ctx, node, [cond, a, b], ADD)  # unifies cond's channels with the values'
+    dims = []
+    for v, al in zip(values.dims, aligned.dims):
+        if al is None:
+            dims.append(None)
+        elif v is None:  # a channel only cond carries: the output there is a or b broadcast, not tracked zero
+            dims.append(al.with_nonzero(ctx.code(node)))
+        else:
+            dims.append(DimLabel(al.atoms, v.nonzero))
+    return TensorLabels(values.shape, tuple(dims))
+
+
+@RULES.function(torch.zeros_like)
+def _zeros_like(ctx, node):
+    """Zeros shaped like the input: its channel dims, every entry exactly zero."""
+    out = elementwise(ctx, node, [ctx.value(node.args[0])], KEEP)
+    return set_nonzero(out, range(len(out.shape)), 0)
+
+
+# shaped like the input, with values that do not depend on it (and are not zero)
+RULES.function(torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like, torch.randn_like)(_unary(CONST))

@@ -11,6 +11,7 @@ import torch.fx as fx
 from fxprune.labels import DimLabel, SizeTaint, TensorLabels
 
 from .common import ADD, elementwise, normalize_dim
+from .elementwise import compare_tensors
 from .registry import RULES
 
 
@@ -256,9 +257,7 @@ def _assert(ctx, node):
 
 def _compare(ctx, node):
     if ctx.is_tensor(node):
-        from passes.channel_analysis import unknown_op
-
-        return unknown_op(ctx, node)
+        return compare_tensors(ctx, node)
     # comparing a channel count to a constant would give another answer after pruning
     ctx.block_value(ctx.value(node.args), f"a channel count is compared by {ctx.describe(node)}")
     return None
