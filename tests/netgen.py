@@ -612,6 +612,25 @@ class SdpaAttention(nn.Module):
         return x + self.proj(y).transpose(1, 2).reshape(n, c, h, w)
 
 
+class WhereGate(nn.Module):
+    """torch.where on a comparison: a hand-written leaky ReLU, a mask to zero, or a non-zero fill."""
+
+    def __init__(self, c, o):
+        super().__init__()
+        self.fill = o["fill"]
+
+    def forward(self, x):
+        if self.fill == "scaled":
+            return torch.where(x > 0, x, 0.1 * x)
+        if self.fill == "zero":
+            return x.where(x.ge(0.5), torch.zeros_like(x))
+        return torch.where(x < -0.5, -1.0, x)
+
+
+def draw_where(draw, c):
+    return {"fill": draw(st.sampled_from(["scaled", "zero", "minus1"]))}, c
+
+
 BLOCKS: dict[str, tuple[Callable, Callable]] = {
     "conv": (draw_conv, build_conv),
     "bn": (draw_bn, build_bn),
@@ -644,6 +663,7 @@ BLOCKS: dict[str, tuple[Callable, Callable]] = {
     "mha": (draw_mha, TokenAttention),
     "einsum": (draw_einsum, EinsumAttention),
     "sdpa": (draw_einsum, SdpaAttention),
+    "where": (draw_where, WhereGate),
 }
 NEEDS_SIDE = {"mixer", "tnorm"}  # their drawers also get the spatial size
 SPATIAL = {"down": lambda s: s // 2, "up": lambda s: s * 2}

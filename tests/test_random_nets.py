@@ -226,6 +226,7 @@ ONE_BLOCK = {
     "sdpa-default-scale": ("sdpa", 8, {"heads": 2, "dim": 4, "bias": False}),
     # one head of width 1: the q/k/v factor carries the channels and unbind takes it apart
     "sdpa-unbind-labelled-dim": ("sdpa", 4, {"heads": 1, "dim": 1, "bias": False}),
+    **{f"where-{fill}": ("where", 8, {"fill": fill}) for fill in ("scaled", "zero", "minus1")},
 }
 HEADS = {
     "gap-flatten": ("gap", {"flat": "flatten", "hidden": 0}),
