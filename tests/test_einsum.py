@@ -7,23 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-import fxprune
 from fxprune.metrics import count_params
 
-
-def _prune(model, x, fraction=0.5, seed=0):
-    space = fxprune.trace(model, x)
-    space.zero_random_groups(fraction, seed=seed)
-    return space, space.construct_subnet(verify=True)
-
-
-def _assert_same(small, model, x):
-    with torch.no_grad():
-        torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
-
-
-def _group(space, name):
-    return next(g for g in space.groups if g.name == name)
+from prune_check import assert_same, group, prune
 
 
 class EinsumAttention(nn.Module):
@@ -45,11 +31,11 @@ class EinsumAttention(nn.Module):
 
 def test_einsum_attention_prunes_head_dims_exactly():
     model = EinsumAttention().eval()
-    space, small = _prune(model, torch.randn(2, 5, 12))
-    assert _group(space, "q.weight[dim 0]").prunable and _group(space, "v.weight[dim 0]").prunable
+    space, small = prune(model, torch.randn(2, 5, 12))
+    assert group(space, "q.weight[dim 0]").prunable and group(space, "v.weight[dim 0]").prunable
     assert small.q.out_features == small.k.out_features < 12  # contracted together
     assert count_params(small) < count_params(model)
-    _assert_same(small, model, torch.randn(3, 7, 12))
+    assert_same(small, model, torch.randn(3, 7, 12))
 
 
 class Bilinear(nn.Module):
@@ -69,11 +55,11 @@ class Bilinear(nn.Module):
 @pytest.mark.parametrize("equation", ["...c,cd->...d", "bnc,cd->bnd", "bnc,cz", "b n c , c d -> b n d"])
 def test_einsum_with_parameters_is_exact(equation):
     model = Bilinear(equation).eval()
-    space, small = _prune(model, torch.randn(2, 4, 3))
-    assert _group(space, "inp.weight[dim 0]").prunable  # contracted with weight's dim 0
-    assert _group(space, "weight[dim 1]").prunable  # kept: produced by the parameter's columns
+    space, small = prune(model, torch.randn(2, 4, 3))
+    assert group(space, "inp.weight[dim 0]").prunable  # contracted with weight's dim 0
+    assert group(space, "weight[dim 1]").prunable  # kept: produced by the parameter's columns
     assert small.weight.shape[0] == small.inp.out_features < 6 and small.weight.shape[1] < 5
-    _assert_same(small, model, torch.randn(3, 2, 3))
+    assert_same(small, model, torch.randn(3, 2, 3))
 
 
 class GatedContraction(nn.Module):
@@ -89,10 +75,10 @@ class GatedContraction(nn.Module):
 
 def test_contracting_channels_that_are_not_zero_when_zeroed_keeps_them():
     model = GatedContraction().eval()
-    space, small = _prune(model, torch.randn(2, 4, 3))
-    a = _group(space, "a.weight[dim 0]")
+    space, small = prune(model, torch.randn(2, 4, 3))
+    a = group(space, "a.weight[dim 0]")
     assert not a.prunable and "einsum" in a.reason and "not zero when zeroed" in a.reason
-    _assert_same(small, model, torch.randn(3, 4, 3))
+    assert_same(small, model, torch.randn(3, 4, 3))
 
 
 class SigmoidTimesParameter(Bilinear):
@@ -103,9 +89,9 @@ class SigmoidTimesParameter(Bilinear):
 def test_contracting_with_a_parameter_zeroed_alongside_is_exact():
     # the parameter's rows are producers of the same ZIG: each removed term is zero on that side
     model = SigmoidTimesParameter("bnc,cd->bnd").eval()
-    space, small = _prune(model, torch.randn(2, 4, 3))
-    assert _group(space, "inp.weight[dim 0]").prunable
-    _assert_same(small, model, torch.randn(3, 4, 3))
+    space, small = prune(model, torch.randn(2, 4, 3))
+    assert group(space, "inp.weight[dim 0]").prunable
+    assert_same(small, model, torch.randn(3, 4, 3))
 
 
 class Diagonal(nn.Module):
@@ -119,7 +105,7 @@ class Diagonal(nn.Module):
 
 def test_repeated_letters_keep_the_channels_with_a_reason():
     model = Diagonal().eval()
-    space, small = _prune(model, torch.randn(2, 4, 4))
-    a = _group(space, "a.weight[dim 0]")
+    space, small = prune(model, torch.randn(2, 4, 4))
+    a = group(space, "a.weight[dim 0]")
     assert not a.prunable and "equation fxprune does not follow" in a.reason
-    _assert_same(small, model, torch.randn(1, 4, 4))
+    assert_same(small, model, torch.randn(1, 4, 4))

@@ -14,20 +14,7 @@ from torch import nn
 import fxprune
 from fxprune.metrics import count_params
 
-
-def _prune(model, x, fraction=0.5, seed=0):
-    space = fxprune.trace(model, x)
-    space.zero_random_groups(fraction, seed=seed)
-    return space, space.construct_subnet(verify=True)
-
-
-def _assert_same(small, model, x):
-    with torch.no_grad():
-        torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
-
-
-def _group(space, name):
-    return next(g for g in space.groups if g.name == name)
+from prune_check import assert_same, group, perturbed, prune
 
 
 class PreNormMLP(nn.Module):
@@ -49,17 +36,10 @@ class PreNormMLP(nn.Module):
         return self.head(self.final(x))
 
 
-def _perturbed(model):
-    with torch.no_grad():  # LayerNorm starts at scale 1, shift 0: make every entry matter
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return model.eval()
-
-
 def test_residual_stream_through_layer_norms_is_prunable_and_exact():
-    model = _perturbed(PreNormMLP())
-    space, small = _prune(model, torch.randn(2, 5, 6))
-    stream = _group(space, "embed.weight[dim 0]")
+    model = perturbed(PreNormMLP(), 0.3)
+    space, small = prune(model, torch.randn(2, 5, 6))
+    stream = group(space, "embed.weight[dim 0]")
     assert stream.prunable
     assert small.embed.out_features < 16 and small.final.weight.shape == (small.embed.out_features,)
     assert count_params(small) < count_params(model)
@@ -67,23 +47,23 @@ def test_residual_stream_through_layer_norms_is_prunable_and_exact():
     assert not any(n.op == "call_module" and isinstance(small.get_submodule(n.target), nn.LayerNorm)
                    for n in small.graph.nodes)
     assert any(n.target is torch.rsqrt for n in small.graph.nodes)
-    _assert_same(small, model, torch.randn(3, 7, 6))
+    assert_same(small, model, torch.randn(3, 7, 6))
 
 
 def test_layer_norm_without_shift_is_prunable_and_exact():
-    model = _perturbed(PreNormMLP(bias=False))
-    space, small = _prune(model, torch.randn(2, 5, 6))
-    assert _group(space, "embed.weight[dim 0]").prunable
-    _assert_same(small, model, torch.randn(1, 4, 6))
+    model = perturbed(PreNormMLP(bias=False), 0.3)
+    space, small = prune(model, torch.randn(2, 5, 6))
+    assert group(space, "embed.weight[dim 0]").prunable
+    assert_same(small, model, torch.randn(1, 4, 6))
 
 
 def test_layer_norm_without_scale_blocks_its_channels_with_the_reason():
-    model = _perturbed(PreNormMLP(affine=False))
-    space, small = _prune(model, torch.randn(2, 5, 6))
-    stream = _group(space, "embed.weight[dim 0]")
+    model = perturbed(PreNormMLP(affine=False), 0.3)
+    space, small = prune(model, torch.randn(2, 5, 6))
+    stream = group(space, "embed.weight[dim 0]")
     assert not stream.prunable and "norms.0" in stream.reason and "LayerNorm" in stream.reason
-    assert _group(space, "fc1.0.weight[dim 0]").prunable  # the hidden dims do not pass a LayerNorm
-    _assert_same(small, model, torch.randn(3, 2, 6))
+    assert group(space, "fc1.0.weight[dim 0]").prunable  # the hidden dims do not pass a LayerNorm
+    assert_same(small, model, torch.randn(3, 2, 6))
 
 
 class SigmoidThenNorm(nn.Module):
@@ -98,8 +78,8 @@ class SigmoidThenNorm(nn.Module):
 
 
 def test_channels_not_zero_when_zeroed_cannot_leave_the_statistics():
-    space, _ = _prune(_perturbed(SigmoidThenNorm()), torch.randn(3, 4))
-    fc = _group(space, "fc.weight[dim 0]")
+    space, _ = prune(perturbed(SigmoidThenNorm(), 0.3), torch.randn(3, 4))
+    fc = group(space, "fc.weight[dim 0]")
     assert not fc.prunable and "layer norm" in fc.reason and "sigmoid" in fc.reason
 
 
@@ -123,15 +103,15 @@ class ChannelsFirstLayerNorm(nn.Module):
 
 def test_functional_layer_norm_with_stored_scale_and_shift_is_exact():
     model = ChannelsFirstLayerNorm().eval()
-    space, small = _prune(model, torch.randn(2, 3, 6, 6))
-    assert _group(space, "conv.weight[dim 0]").prunable
+    space, small = prune(model, torch.randn(2, 3, 6, 6))
+    assert group(space, "conv.weight[dim 0]").prunable
     assert small.conv.out_channels < 12 and small.weight.shape == (small.conv.out_channels,)
-    _assert_same(small, model, torch.randn(1, 3, 5, 7))
+    assert_same(small, model, torch.randn(1, 3, 5, 7))
 
 
 def test_functional_layer_norm_with_a_computed_scale_is_a_barrier():
-    space, small = _prune(ChannelsFirstLayerNorm(computed_scale=True).eval(), torch.randn(2, 3, 6, 6))
-    conv = _group(space, "conv.weight[dim 0]")
+    space, small = prune(ChannelsFirstLayerNorm(computed_scale=True).eval(), torch.randn(2, 3, 6, 6))
+    conv = group(space, "conv.weight[dim 0]")
     assert not conv.prunable and "layer_norm" in conv.reason
     assert small.conv.out_channels == 12
 
@@ -154,16 +134,16 @@ class NormOverChannelsAndPixels(nn.Module):
        seed=st.integers(0, 2**16))
 def test_layer_norm_over_several_dims_is_exact(c, hw, bias, fraction, seed):
     torch.manual_seed(seed)
-    model = _perturbed(NormOverChannelsAndPixels(c, hw, bias))
-    space, small = _prune(model, torch.randn(2, 2, hw, hw), fraction, seed)
-    assert _group(space, "conv.weight[dim 0]").prunable
+    model = perturbed(NormOverChannelsAndPixels(c, hw, bias), 0.3)
+    space, small = prune(model, torch.randn(2, 2, hw, hw), fraction, seed)
+    assert group(space, "conv.weight[dim 0]").prunable
     assert small.norm.weight.shape[1:] == (hw, hw) and small.norm.weight.shape[0] == small.conv.out_channels
-    _assert_same(small, model, torch.randn(3, 2, hw, hw))
+    assert_same(small, model, torch.randn(3, 2, hw, hw))
 
 
 def test_low_precision_statistics_are_kept_in_float32():
     torch.manual_seed(0)
-    model = _perturbed(PreNormMLP()).to(torch.bfloat16)
+    model = perturbed(PreNormMLP(), 0.3).to(torch.bfloat16)
     x = torch.randn(2, 5, 6, dtype=torch.bfloat16)
     space = fxprune.trace(model, x)
     space.zero_random_groups(0.5, seed=0)
@@ -193,19 +173,19 @@ class WithPixelNorm(nn.Module):
 
 
 def test_a_subclass_with_its_own_forward_does_not_inherit_the_rule():
-    model = _perturbed(WithPixelNorm())
-    space, small = _prune(model, torch.randn(1, 3, 4, 4))  # traced through: exact and prunable
-    assert _group(space, "conv.weight[dim 0]").prunable
+    model = perturbed(WithPixelNorm(), 0.3)
+    space, small = prune(model, torch.randn(1, 3, 4, 4))  # traced through: exact and prunable
+    assert group(space, "conv.weight[dim 0]").prunable
     space = fxprune.trace(model, torch.randn(1, 3, 4, 4), leaf_modules=[PixelLayerNorm])
-    conv = _group(space, "conv.weight[dim 0]")
+    conv = group(space, "conv.weight[dim 0]")
     assert not conv.prunable and "no channel rule" in conv.reason and "PixelLayerNorm" in conv.reason
     space.zero_random_groups(0.5, seed=0)
-    _assert_same(space.construct_subnet(verify=True), model, torch.randn(2, 3, 4, 4))
+    assert_same(space.construct_subnet(verify=True), model, torch.randn(2, 3, 4, 4))
 
 
 def test_compact_layer_norm_compiles():
-    model = _perturbed(PreNormMLP(blocks=1))
-    _, small = _prune(model, torch.randn(2, 5, 6))
+    model = perturbed(PreNormMLP(blocks=1), 0.3)
+    _, small = prune(model, torch.randn(2, 5, 6))
     assert isinstance(small, fx.GraphModule)
     x = torch.randn(2, 5, 6)
     compiled = torch.compile(small, backend="inductor")
@@ -229,7 +209,7 @@ class StackedNorms(nn.Module):
 
 
 def test_rewrites_that_read_another_rewritten_node():
-    model = _perturbed(StackedNorms())
-    space, small = _prune(model, torch.randn(2, 3, 4))
-    assert _group(space, "embed.weight[dim 0]").prunable and small.embed.out_features < 8
-    _assert_same(small, model, torch.randn(3, 5, 4))
+    model = perturbed(StackedNorms(), 0.3)
+    space, small = prune(model, torch.randn(2, 3, 4))
+    assert group(space, "embed.weight[dim 0]").prunable and small.embed.out_features < 8
+    assert_same(small, model, torch.randn(3, 5, 4))

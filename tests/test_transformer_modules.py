@@ -8,17 +8,7 @@ from torch import nn
 import fxprune
 from fxprune.metrics import count_params
 
-
-def _perturbed(model):
-    with torch.no_grad():  # LayerNorms start at scale 1, shift 0: make every entry matter
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return model.eval()
-
-
-def _assert_same(small, model, *inputs):
-    with torch.no_grad():
-        torch.testing.assert_close(small(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
+from prune_check import assert_same, perturbed
 
 
 class EncoderModel(nn.Module):
@@ -43,7 +33,7 @@ class EncoderModel(nn.Module):
 @pytest.mark.parametrize("activation", ["relu", nn.GELU()])
 def test_transformer_encoder_is_prunable_and_exact(norm_first, batch_first, activation):
     torch.manual_seed(0)
-    model = _perturbed(EncoderModel(norm_first, batch_first, activation))
+    model = perturbed(EncoderModel(norm_first, batch_first, activation), 0.2)
     space = fxprune.trace(model, torch.randn(4, 2, 5))
     names = {g.name: g for g in space.groups}
     assert names["embed.weight[dim 0]"].prunable  # the residual stream
@@ -52,19 +42,19 @@ def test_transformer_encoder_is_prunable_and_exact(norm_first, batch_first, acti
     space.zero_random_groups(0.5, seed=0)
     small = space.construct_subnet(verify=True)
     assert count_params(small) < count_params(model)
-    _assert_same(small, model, torch.randn(6, 3, 5))
+    assert_same(small, model, torch.randn(6, 3, 5))
 
 
 def test_padding_mask_keeps_attention_channels_but_not_the_feed_forward():
     torch.manual_seed(0)
-    model = _perturbed(EncoderModel(mask=True))
+    model = perturbed(EncoderModel(mask=True), 0.2)
     padding = torch.tensor([[False] * 4 + [True] * 2] * 3)  # the last 2 of 6 tokens
     space = fxprune.trace(model, (torch.randn(3, 6, 5), padding))
     names = {g.name: g for g in space.groups}
     assert not names["embed.weight[dim 0]"].prunable and "called with a mask" in names["embed.weight[dim 0]"].reason
     assert names["encoder.layers.0.linear1.weight[dim 0]"].prunable
     space.zero_random_groups(0.5, seed=0)
-    _assert_same(space.construct_subnet(verify=True), model, torch.randn(3, 6, 5), padding)
+    assert_same(space.construct_subnet(verify=True), model, torch.randn(3, 6, 5), padding)
 
 
 class Seq2Seq(nn.Module):
@@ -81,18 +71,18 @@ class Seq2Seq(nn.Module):
 
 def test_encoder_decoder_transformer_is_prunable_and_exact():
     torch.manual_seed(0)
-    model = _perturbed(Seq2Seq())
+    model = perturbed(Seq2Seq(), 0.2)
     space = fxprune.trace(model, (torch.randn(2, 5, 4), torch.randn(2, 3, 3)))
     names = {g.name: g for g in space.groups}
     assert names["transformer.decoder.layers.1.multihead_attn.in_proj_weight[dim 0]"].prunable  # cross-attention heads
     space.zero_random_groups(0.5, seed=0)
     small = space.construct_subnet(verify=True)
     assert count_params(small) < count_params(model)
-    _assert_same(small, model, torch.randn(3, 6, 4), torch.randn(3, 4, 3))
+    assert_same(small, model, torch.randn(3, 6, 4), torch.randn(3, 4, 3))
 
 
 def test_a_declared_leaf_transformer_layer_stays_a_barrier():
-    model = _perturbed(EncoderModel())
+    model = perturbed(EncoderModel(), 0.2)
     space = fxprune.trace(model, torch.randn(2, 4, 5), leaf_modules=[nn.TransformerEncoderLayer])
     embed = next(g for g in space.groups if g.name == "embed.weight[dim 0]")
     assert not embed.prunable and "TransformerEncoderLayer" in embed.reason
@@ -113,4 +103,4 @@ def test_dhspg_trains_a_transformer_encoder_to_an_exact_compact_model():
     assert int(opt.zero_zigs().sum()) == space.num_zigs // 2
     small = space.construct_subnet(verify=True)
     assert count_params(small) < count_params(model)
-    _assert_same(small.eval(), model.eval(), x)  # (dropout off in both)
+    assert_same(small.eval(), model.eval(), x)  # (dropout off in both)

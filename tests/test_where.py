@@ -6,16 +6,12 @@ the condition; a comparison's result is marked non-zero (0 < 1 is True).
 import torch
 from torch import nn
 
-import fxprune
+from prune_check import assert_same, group, prune
 
 
 def _prune(model, x):
-    space = fxprune.trace(model, x)
-    space.zero_random_groups(0.5, seed=0)
-    small = space.construct_subnet(verify=True)
-    with torch.no_grad():
-        x2 = torch.randn(3, *x.shape[1:])
-        torch.testing.assert_close(small(x2), model(x2), rtol=1e-4, atol=1e-5)
+    space, small = prune(model, x)
+    assert_same(small, model, torch.randn(3, *x.shape[1:]))
     return space, small
 
 
@@ -41,13 +37,13 @@ class Gated(nn.Module):
 def test_where_and_comparisons_keep_channels_prunable():
     for form in ("where", "method", "mask-mul"):
         space, small = _prune(Gated(form).eval(), torch.randn(2, 3, 8, 8))
-        a = next(g for g in space.groups if g.name == "a.weight[dim 0]")
+        a = group(space, "a.weight[dim 0]")
         assert a.prunable, form
         assert small.a.out_channels < 8, form
 
 
 def test_where_with_a_non_zero_fill_keeps_the_channels_with_a_reason():
     space, small = _prune(Gated("fill").eval(), torch.randn(2, 3, 8, 8))
-    a = next(g for g in space.groups if g.name == "a.weight[dim 0]")
+    a = group(space, "a.weight[dim 0]")
     assert not a.prunable and "where" in a.reason and "not zero when zeroed" in a.reason
     assert small.a.out_channels == 8
