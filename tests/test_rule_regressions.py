@@ -20,20 +20,39 @@ def _prune_and_compare(model, x, x_other, fraction=0.5):
 
 
 class KeywordLinear(nn.Module):  # timm attention: F.linear(input=..., weight=..., bias=<computed>)
-    def __init__(self):
+    def __init__(self, bias="scaled"):
         super().__init__()
         self.fc1 = nn.Linear(8, 16)
-        self.qkv = nn.Linear(16, 16, bias=False)
-        self.q_bias = nn.Parameter(torch.randn(16))
-        self.fc2 = nn.Linear(16, 4)
+        self.qkv = nn.Linear(16, 12, bias=False)
+        self.q_bias = nn.Parameter(torch.randn(4))
+        self.register_buffer("k_bias", torch.zeros(4), persistent=False)
+        self.v_bias = nn.Parameter(torch.randn(4))
+        self.fc2 = nn.Linear(12, 4)
+        self.bias = bias
 
     def forward(self, x):
         x = torch.relu(self.fc1(x))
-        return self.fc2(F.linear(input=x, weight=self.qkv.weight, bias=self.q_bias * 2))
+        if self.bias == "beit":  # BEiT: zeros for k
+            bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        elif self.bias == "scaled":
+            bias = torch.cat((self.q_bias, self.k_bias, self.v_bias)) * 2
+        else:  # through an op without a rule: nothing tracks the bias's channels
+            bias = torch.cat((self.q_bias, self.k_bias, self.v_bias)).flip(0)
+        return self.fc2(F.linear(input=x, weight=self.qkv.weight, bias=bias))
 
 
-def test_functional_linear_by_keyword_with_a_computed_bias_is_a_barrier():
-    space, _ = _prune_and_compare(KeywordLinear().eval(), torch.randn(2, 8), torch.randn(3, 8))
+def test_functional_linear_with_a_computed_bias_prunes_its_output_channels():
+    for bias in ("beit", "scaled"):
+        space, small = _prune_and_compare(KeywordLinear(bias).eval(), torch.randn(2, 8), torch.randn(3, 8))
+        by_bias = {s.name: g for g in space.groups for s in g.slices if s.name.endswith("_bias")}
+        assert by_bias["q_bias"].prunable and by_bias["v_bias"].prunable
+        # the buffer's zeros are not zeroed with the group: those channels reach fc2 non-zero
+        assert not by_bias["k_bias"].prunable and "not zero when zeroed" in by_bias["k_bias"].reason
+        assert 4 <= small.qkv.weight.shape[0] < 12 and small.fc1.out_features < 16
+
+
+def test_functional_linear_with_an_untracked_computed_bias_is_a_barrier():
+    space, _ = _prune_and_compare(KeywordLinear("flipped").eval(), torch.randn(2, 8), torch.randn(3, 8))
     fc1 = next(g for g in space.groups if g.name == "fc1.weight[dim 0]")
     assert not fc1.prunable and "linear" in fc1.reason
 

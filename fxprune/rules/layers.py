@@ -171,17 +171,30 @@ def _embedding(ctx, node):
 
 @RULES.function(F.linear)
 def _functional_linear(ctx, node):
-    """``F.linear(x, W, b)`` with W, b from get_attr: W's rows are producers, its columns consumers."""
+    """``F.linear(x, W, b)`` with W from get_attr: W's rows are producers, its columns consumers.
+
+    The bias is a stored tensor (a producer) or computed (BEiT's ``cat(q_bias, zeros, v_bias)``):
+    then its channels are the output's, and an output channel is zero where the bias is.
+    """
+    from passes.channel_analysis import unknown_op
+
     x = ctx.labels(ctx.arg(node, 0, "input"))
     w_node = ctx.arg(node, 1, "weight")
     b_node = ctx.arg(node, 2, "bias")
     out_shape = ctx.out_shape(node)
-    if getattr(w_node, "op", None) != "get_attr" or (b_node is not None and getattr(b_node, "op", None) != "get_attr"):
-        from passes.channel_analysis import unknown_op
-
+    if getattr(w_node, "op", None) != "get_attr":
         return unknown_op(ctx, node)
+    computed_bias = None
+    if b_node is not None and getattr(b_node, "op", None) != "get_attr":
+        computed_bias = ctx.labels(b_node)
+        if computed_bias is None or computed_bias.ndim != 1 or computed_bias.dims[0] is None:
+            return unknown_op(ctx, node)  # a bias whose channels nothing tracks cannot be sliced
     out_atoms = ctx.param_atoms(w_node.target, 0, PRODUCER)
-    if b_node is not None:
+    out_label = DimLabel.fresh(out_atoms)
+    if computed_bias is not None:
+        ctx.atoms.unify(out_atoms, computed_bias.dims[0].atoms, f"{ctx.describe(node)} bias")
+        out_label = DimLabel(out_atoms, computed_bias.dims[0].nonzero)
+    elif b_node is not None:
         ctx.atoms.unify(out_atoms, ctx.param_atoms(b_node.target, 0, PRODUCER, like=out_atoms), "bias")
     dims = [None] * len(out_shape)
     in_lab = x.dims[-1] if x is not None else None
@@ -194,5 +207,5 @@ def _functional_linear(ctx, node):
     else:  # the weight's columns exist as atoms (get_attr): nothing may remove them
         ctx.atoms.block(ctx.param_atoms(w_node.target, 1, CONSUMER),
                         f"{ctx.describe(node)} reads them on untracked input channels")
-    dims[-1] = DimLabel.fresh(out_atoms)
+    dims[-1] = out_label
     return TensorLabels(tuple(out_shape), tuple(dims))
