@@ -254,3 +254,33 @@ def test_free_parameter_dim_read_straight_into_a_consumer_is_prunable():
     space, small = _prune_and_compare(ParameterMatmul().eval(), torch.randn(2, 3), torch.randn(4, 3))
     columns = next(g for g in space.groups if g.name == "w[dim 1]")
     assert columns.prunable and small.w.shape[1] == small.out.in_features < 5
+
+
+class FunctionalConvs(nn.Module):  # convs written with F.conv2d on stored tensors, plain and grouped
+    def __init__(self, weight_standardised=False):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3))
+        self.b1 = nn.Parameter(torch.randn(8))
+        self.w2 = nn.Parameter(torch.randn(8, 4, 3, 3))  # groups=2
+        self.head = nn.Conv2d(8, 2, 1)
+        self.standardised = weight_standardised
+
+    def forward(self, x):
+        w1 = self.w1 - self.w1.mean((1, 2, 3), keepdim=True) if self.standardised else self.w1
+        x = F.relu(F.conv2d(x, w1, self.b1, padding=1))
+        x = F.relu(F.conv2d(x, self.w2, None, 1, 1, 1, 2))
+        return self.head(x)
+
+
+def test_functional_convs_on_stored_weights_are_prunable():
+    space, small = _prune_and_compare(FunctionalConvs().eval(), torch.randn(1, 3, 6, 6), torch.randn(2, 3, 5, 5))
+    # the grouped conv ties its input and output channels per conv group: 2 ZIGs of 4 channels
+    w1 = next(g for g in space.groups if g.name == "w1[dim 0]")
+    assert w1.prunable and w1.channels == 2 and ("w2", 0) in {(s.name, s.dim) for s in w1.slices}
+    assert small.w1.shape[0] == small.w2.shape[0] == 4  # one conv group removed: groups 2 -> 1
+
+
+def test_functional_conv_with_a_computed_weight_is_a_barrier():
+    space, _ = _prune_and_compare(FunctionalConvs(True).eval(), torch.randn(1, 3, 6, 6), torch.randn(2, 3, 5, 5))
+    w1 = next(g for g in space.groups if g.name == "b1[dim 0]")
+    assert not w1.prunable and "conv2d" in w1.reason

@@ -43,15 +43,20 @@ def _through(ctx, node, lab: DimLabel | None, has_bias: bool) -> DimLabel | None
 
 def _conv(ctx, node):
     m = ctx.module(node)
-    x = ctx.labels(node.args[0])
+    bias = f"{node.target}.bias" if m.bias is not None else None
+    return _conv_channels(ctx, node, ctx.labels(node.args[0]), f"{node.target}.weight", bias, m.groups)
+
+
+def _conv_channels(ctx, node, x: TensorLabels | None, w: str, b: str | None, groups: int) -> TensorLabels:
+    """A convolution with stored weight ``w`` ([out, in / groups, *kernel]) and bias ``b``: the
+    module and ``F.conv*d`` alike."""
     out_shape = ctx.out_shape(node)
-    channel_dim = 1 if len(out_shape) == m.weight.ndim else 0  # batched or unbatched input
-    w, b = f"{node.target}.weight", f"{node.target}.bias"
+    weight = ctx.tensor_by_name(w)
+    channel_dim = 1 if len(out_shape) == weight.ndim else 0  # batched or unbatched input
     out_atoms = ctx.param_atoms(w, 0, PRODUCER)
-    if m.bias is not None:
+    if b is not None:
         ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER, like=out_atoms), "bias")
     in_lab = x.dims[channel_dim] if x is not None else None
-    groups = m.groups
     if groups == 1:
         if in_lab is not None:
             ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER, like=in_lab.atoms), f"{ctx.describe(node)} input")
@@ -59,7 +64,7 @@ def _conv(ctx, node):
         else:
             ctx.block_if_shared(w, 1, node)
     else:
-        og, ig = m.out_channels // groups, m.in_channels // groups
+        og, ig = weight.shape[0] // groups, weight.shape[1]
         if og > 1:  # the output channels of one conv group form one ZIG
             ctx.atoms.unify(out_atoms, np.repeat(out_atoms[::og], og), "conv group")
         reason = f"the grouped convolution {ctx.describe(node)} reads channels fxprune cannot track"
@@ -69,7 +74,7 @@ def _conv(ctx, node):
                 ctx.atoms.block(in_lab.atoms, reason)
         else:
             ctx.atoms.unify(in_lab.atoms, np.repeat(out_atoms[::og], ig), "conv group")
-    return _out_labels(ctx, node, x, out_shape, channel_dim, DimLabel.fresh(out_atoms), m.bias is not None)
+    return _out_labels(ctx, node, x, out_shape, channel_dim, DimLabel.fresh(out_atoms), b is not None)
 
 
 def _rewrite_conv(rw, node):
@@ -81,6 +86,42 @@ def _rewrite_conv(rw, node):
 
 
 RULES.module(*CONV_TYPES, rewrite=_rewrite_conv)(_conv)
+
+
+def _functional_conv(ctx, node):
+    """``F.conv1d/2d/3d(x, W, b, stride, padding, dilation, groups)`` with W and b from get_attr."""
+    from passes.channel_analysis import unknown_op
+
+    w_node, b_node = ctx.arg(node, 1, "weight"), ctx.arg(node, 2, "bias")
+    groups = ctx.arg(node, 6, "groups", 1)
+    if (getattr(w_node, "op", None) != "get_attr" or (b_node is not None and getattr(b_node, "op", None) != "get_attr")
+            or not isinstance(groups, int)):
+        return unknown_op(ctx, node)  # a computed weight (weight standardisation...): nothing says how it couples
+    return _conv_channels(ctx, node, ctx.labels(ctx.arg(node, 0, "input")), w_node.target,
+                          None if b_node is None else b_node.target, groups)
+
+
+def _rewrite_functional_conv(rw, node):
+    """A grouped conv keeps its channels per group: the group count follows the kept output channels."""
+    groups = rw.arg(node, 6, "groups", 1)
+    if groups == 1:
+        return
+    old_out = rw.arg(node, 1, "weight").meta["val"].shape[0]
+    kept_out = _compact_weight(rw, node).shape[0]
+    new_groups = kept_out // (old_out // groups)
+    if len(node.args) > 6:
+        node.args = (*node.args[:6], new_groups, *node.args[7:])
+    else:
+        node.kwargs = {**node.kwargs, "groups": new_groups}
+
+
+def _compact_weight(rw, node):
+    from passes.channel_analysis import fetch_attr
+
+    return fetch_attr(rw.root, rw.arg(node, 1, "weight").target)
+
+
+RULES.function(F.conv1d, F.conv2d, F.conv3d, rewrite=_rewrite_functional_conv)(_functional_conv)
 
 
 CONV_TRANSPOSE_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
