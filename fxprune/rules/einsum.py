@@ -93,7 +93,7 @@ def _einsum(ctx, node):
         present: list[DimLabel] = []
         untracked = False
         for syms, shape, x in zip(symbols, shapes, labels):
-            if s not in syms or shape[syms.index(s)] != full[s] or full[s] == 1:
+            if s not in syms or shape[syms.index(s)] != full[s]:
                 continue
             lab = x.dims[syms.index(s)] if x is not None else None
             if lab is None:
