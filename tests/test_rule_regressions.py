@@ -264,11 +264,16 @@ class FunctionalConvs(nn.Module):  # convs written with F.conv2d on stored tenso
         self.w2 = nn.Parameter(torch.randn(8, 4, 3, 3))  # groups=2
         self.head = nn.Conv2d(8, 2, 1)
         self.standardised = weight_standardised
+        self.pre, self.post = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 3, 1)  # prunable whatever the convs below do
 
     def forward(self, x):
-        w1 = self.w1 - self.w1.mean((1, 2, 3), keepdim=True) if self.standardised else self.w1
+        x = self.post(F.relu(self.pre(x)))
+        w1, w2 = self.w1, self.w2
+        if self.standardised:  # NFNet-style: computed weights, the grouped one too
+            w1 = w1 - w1.mean((1, 2, 3), keepdim=True)
+            w2 = w2 - w2.mean((1, 2, 3), keepdim=True)
         x = F.relu(F.conv2d(x, w1, self.b1, padding=1))
-        x = F.relu(F.conv2d(x, self.w2, None, 1, 1, 1, 2))
+        x = F.relu(F.conv2d(x, w2, None, 1, 1, 1, 2))
         return self.head(x)
 
 
@@ -281,6 +286,8 @@ def test_functional_convs_on_stored_weights_are_prunable():
 
 
 def test_functional_conv_with_a_computed_weight_is_a_barrier():
-    space, _ = _prune_and_compare(FunctionalConvs(True).eval(), torch.randn(1, 3, 6, 6), torch.randn(2, 3, 5, 5))
+    # (the grouped one's rewrite must leave it alone while the rest of the net is sliced)
+    space, small = _prune_and_compare(FunctionalConvs(True).eval(), torch.randn(1, 3, 6, 6), torch.randn(2, 3, 5, 5))
     w1 = next(g for g in space.groups if g.name == "b1[dim 0]")
     assert not w1.prunable and "conv2d" in w1.reason
+    assert small.pre.out_channels < 6 and small.w2.shape[0] == 8

@@ -104,8 +104,8 @@ def _functional_conv(ctx, node):
 def _rewrite_functional_conv(rw, node):
     """A grouped conv keeps its channels per group: the group count follows the kept output channels."""
     groups = rw.arg(node, 6, "groups", 1)
-    if groups == 1:
-        return
+    if groups == 1 or getattr(rw.arg(node, 1, "weight"), "op", None) != "get_attr":
+        return  # (a computed weight made the conv a barrier: nothing of it changes)
     old_out = rw.arg(node, 1, "weight").meta["val"].shape[0]
     kept_out = _compact_weight(rw, node).shape[0]
     new_groups = kept_out // (old_out // groups)
