@@ -8,7 +8,7 @@ from torch import nn
 import fxprune
 from fxprune.metrics import count_params
 
-from prune_check import assert_same, perturbed
+from prune_check import assert_same, perturbed, prune
 
 
 class EncoderModel(nn.Module):
@@ -104,3 +104,12 @@ def test_dhspg_trains_a_transformer_encoder_to_an_exact_compact_model():
     small = space.construct_subnet(verify=True)
     assert count_params(small) < count_params(model)
     assert_same(small.eval(), model.eval(), x)  # (dropout off in both)
+
+
+def test_compact_transformer_saves_and_loads_as_plain_torch(tmp_path):
+    model = perturbed(EncoderModel(norm_first=True), 0.2)
+    _, small = prune(model, torch.randn(2, 4, 5))
+    torch.save(small, tmp_path / "small.pt")
+    loaded = torch.load(tmp_path / "small.pt", weights_only=False).eval()
+    assert {type(m).__module__.split(".")[0] for m in loaded.modules()} == {"torch"}  # no user or fxprune classes
+    assert_same(loaded, model, torch.randn(3, 6, 5))
