@@ -51,6 +51,14 @@ class RewriteContext:
         return tuple(node.args[0].meta["val"].shape)
 
     @staticmethod
+    def replace(old: fx.Node, new: fx.Node) -> None:
+        """``new`` (a node a rule wrote in) takes over ``old``'s users, and its meta: later rewrites
+        read the dense shape and labels of their inputs from meta.  ``old`` is erased."""
+        new.meta = dict(old.meta)
+        old.replace_all_uses_with(new)
+        old.graph.erase_node(old)
+
+    @staticmethod
     def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
         if len(node.args) > index:
             return node.args[index]

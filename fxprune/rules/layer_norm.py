@@ -84,20 +84,19 @@ def _functional_layer_norm(ctx, node):
 # ----- rewrite ------------------------------------------------------------------------------
 
 
-def _removed_entries(rw, node, n_normalized: int) -> tuple[int, int]:
-    """(N, N'): entries per position in the dense model and in the compact one."""
+def _normalized_shapes(rw, node, n_normalized: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The normalised dims' sizes in the dense model and in the compact one."""
     labels: TensorLabels | None = rw.input_labels(node)
     shape = rw.input_shape(node)
-    first = len(shape) - n_normalized
-    total = math.prod(shape[first:])
+    dense = shape[len(shape) - n_normalized:]
     if labels is None:
-        return total, total
-    kept = math.prod(shape[d] if labels.dims[d] is None else rw.kept_count(labels.dims[d])
-                     for d in range(first, len(shape)))
-    return total, kept
+        return dense, dense
+    compact = tuple(size if lab is None else rw.kept_count(lab)
+                    for size, lab in zip(dense, labels.dims[len(shape) - n_normalized:]))
+    return dense, compact
 
 
-def _write_exact_layer_norm(node: fx.Node, n_normalized: int, total: int, kept: int,
+def _write_exact_layer_norm(rw, node: fx.Node, n_normalized: int, total: int, kept: int,
                             weight: fx.Node | None, bias: fx.Node | None, eps: float) -> None:
     """Replace ``node`` by the LayerNorm over ``total`` entries of which ``total - kept`` are removed zeros."""
     graph = node.graph
@@ -124,36 +123,30 @@ def _write_exact_layer_norm(node: fx.Node, n_normalized: int, total: int, kept: 
             y = op(operator.add, y, bias)
         if low_precision:
             y = graph.call_method("to", (y, dtype))
-    y.meta = dict(node.meta)  # later rewrites read the dense shape and labels of their inputs from meta
-    node.replace_all_uses_with(y)
-    graph.erase_node(node)
+    rw.replace(node, y)
 
 
 def _rewrite_layer_norm(rw, node):
     m = rw.module(node)
     n = len(m.normalized_shape)
-    total, kept = _removed_entries(rw, node, n)
-    if kept == total:
+    dense, compact = _normalized_shapes(rw, node, n)
+    if compact == dense:
         return
-    shape = rw.input_shape(node)
-    labels = rw.input_labels(node)
-    # the module stays as the holder of its (sliced) scale and shift; record its compact shape
-    m.normalized_shape = tuple(shape[d] if labels.dims[d] is None else rw.kept_count(labels.dims[d])
-                               for d in range(len(shape) - n, len(shape)))
+    m.normalized_shape = compact  # the module stays as the holder of its (sliced) scale and shift
     graph = node.graph
     with graph.inserting_before(node):
         weight = graph.get_attr(f"{node.target}.weight") if m.weight is not None else None
         bias = graph.get_attr(f"{node.target}.bias") if m.bias is not None else None
-    _write_exact_layer_norm(node, n, total, kept, weight, bias, m.eps)
+    _write_exact_layer_norm(rw, node, n, math.prod(dense), math.prod(compact), weight, bias, m.eps)
 
 
 def _rewrite_functional_layer_norm(rw, node):
     n = _normalized_count(rw.arg(node, 1, "normalized_shape"))
-    total, kept = _removed_entries(rw, node, n)
-    if kept == total:
+    dense, compact = _normalized_shapes(rw, node, n)
+    if compact == dense:
         return
-    _write_exact_layer_norm(node, n, total, kept, rw.arg(node, 2, "weight"), rw.arg(node, 3, "bias"),
-                            rw.arg(node, 4, "eps", 1e-5))
+    _write_exact_layer_norm(rw, node, n, math.prod(dense), math.prod(compact), rw.arg(node, 2, "weight"),
+                            rw.arg(node, 3, "bias"), rw.arg(node, 4, "eps", 1e-5))
 
 
 RULES.module(nn.LayerNorm, rewrite=_rewrite_layer_norm)(_layer_norm)

@@ -165,9 +165,9 @@ def _rewrite_multihead_attention(rw, node):
             out = method("transpose", out, 0, 1)
     for user in list(node.users):  # getitem 0 is the output; getitem 1 (weights) is unused
         if user.args[1] == 0:
-            out.meta = dict(user.meta)  # later rewrites read the dense shape and labels of their inputs from meta
-            user.replace_all_uses_with(out)
-        graph.erase_node(user)
+            rw.replace(user, out)
+        else:
+            graph.erase_node(user)
     graph.erase_node(node)
 
 
