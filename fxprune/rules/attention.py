@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxprune.labels import DimLabel, TensorLabels
+from fxprune.labels import TensorLabels
 
-from .common import ADD, CONST, block_dims, elementwise, normalize_dim
+from .common import ADD, CONST, block_dims, elementwise, normalize_dim, require_product_zero
 from .registry import RULES
 
 
@@ -44,7 +44,7 @@ def _matmul(ctx, node):
     ka, kb = a.dims[-1], b.dims[-2]
     if ka is not None and kb is not None:
         ctx.atoms.unify(ka.atoms, kb.atoms, f"{ctx.describe(node)} contraction")
-        _require_product_zero(ctx, node, ka, kb)
+        require_product_zero(ctx, node, [ka, kb], "product")
     elif (ka is None) != (kb is None):  # the other operand keeps its full width: nothing may go
         ctx.atoms.block((ka if ka is not None else kb).atoms,
                         f"{ctx.describe(node)} contracts these channels with an untracked dimension")
@@ -52,14 +52,6 @@ def _matmul(ctx, node):
     # a zero row of ``a`` (or column of ``b``) gives a zero row (column) of the product
     dims = list(batch.dims[:-2]) + [a.dims[-2], b.dims[-1]]
     return TensorLabels(tuple(out_shape), tuple(dims))
-
-
-def _require_product_zero(ctx, node, a: DimLabel, b: DimLabel | None) -> None:
-    zero = a.nonzero == 0
-    if b is not None:
-        zero |= b.nonzero == 0
-    if not zero.all():
-        ctx.atoms.block(a.atoms[~zero], f"the product {ctx.describe(node)} reads channels that are not zero when zeroed")
 
 
 def _softmax(ctx, node, dim):
@@ -96,7 +88,7 @@ def _sdpa(ctx, node):
     # 1/sqrt(head_dim) is written in explicitly by the rewrite, so it stays the dense one.
     if q is not None and k is not None and q.dims[-1] is not None and k.dims[-1] is not None:
         ctx.atoms.unify(q.dims[-1].atoms, k.dims[-1].atoms, "attention head dim")
-        _require_product_zero(ctx, node, q.dims[-1], k.dims[-1])
+        require_product_zero(ctx, node, [q.dims[-1], k.dims[-1]], "product")
     else:
         for t in (q, k):
             if t is not None and t.dims[-1] is not None:

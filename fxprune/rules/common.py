@@ -132,6 +132,22 @@ def block_dims(ctx, labels: TensorLabels | None, dims: Sequence[int], reason: st
             ctx.atoms.block(lab.atoms, reason)
 
 
+def stored_or_absent(*args: Any) -> bool:
+    """Every argument is None or a ``get_attr`` node (a parameter or buffer, not a computed tensor)."""
+    return all(a is None or getattr(a, "op", None) == "get_attr" for a in args)
+
+
+def require_product_zero(ctx, node, labels: Sequence[DimLabel], what: str) -> None:
+    """Contracted channels (summed over products of these aligned labels): a removed one must make
+    every term zero, i.e. be zero when zeroed in at least one factor."""
+    zero = np.zeros(labels[0].size, dtype=bool)
+    for lab in labels:
+        zero |= lab.nonzero == 0
+    if not zero.all():
+        ctx.atoms.block(labels[0].atoms[~zero],
+                        f"the {what} {ctx.describe(node)} reads channels that are not zero when zeroed")
+
+
 def require_zero(ctx, lab: DimLabel | None, node, what: str) -> None:
     """Channels consumed here (summed away) must be exactly zero when their ZIG is zeroed."""
     if lab is None:

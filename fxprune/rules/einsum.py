@@ -16,7 +16,7 @@ import torch.fx as fx
 
 from fxprune.labels import DimLabel, TensorLabels
 
-from .common import MUL, combine_nonzero
+from .common import MUL, combine_nonzero, require_product_zero
 from .registry import RULES
 
 def _expand(term: str, ndim: int) -> list | None:
@@ -113,11 +113,7 @@ def _einsum(ctx, node):
         if s in out_symbols:  # a product: zero wherever any factor is zero
             dims_out[s] = DimLabel(atoms, combine_nonzero(MUL, code, present, 0, False))
         else:  # summed over: each removed entry must make its product term zero
-            zero = np.zeros(len(atoms), dtype=bool)
-            for lab in present:
-                zero |= lab.nonzero == 0
-            if not zero.all():
-                ctx.atoms.block(atoms[~zero], f"the sum {ctx.describe(node)} reads channels that are not zero when zeroed")
+            require_product_zero(ctx, node, present, "sum")
     dims = tuple(dims_out.get(s) if dims_out.get(s) is not None and dims_out[s].size == size else None
                  for s, size in zip(out_symbols, out_shape))
     return TensorLabels(tuple(out_shape), dims)

@@ -174,6 +174,8 @@ def _where(ctx, node):
     values = elementwise(ctx, node, [a, b], ADD)
     if not isinstance(cond, TensorLabels):
         return values
+    # (over a and b again, not over ``values``: ``values`` has the full output shape, and would make
+    # a dim that a and b only broadcast along look untracked)
     aligned = elementwise(ctx, node, [cond, a, b], ADD)  # unifies cond's channels with the values'
     dims = []
     for v, al in zip(values.dims, aligned.dims):

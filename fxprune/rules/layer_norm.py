@@ -29,7 +29,7 @@ from torch import nn
 from fxprune.labels import TensorLabels
 from fxprune.layout import PRODUCER
 
-from .common import CONST, KEEP, elementwise, require_zero, set_nonzero
+from .common import CONST, KEEP, elementwise, require_zero, set_nonzero, stored_or_absent
 from .registry import RULES
 
 
@@ -74,7 +74,7 @@ def _functional_layer_norm(ctx, node):
     from passes.channel_analysis import unknown_op
 
     stored = [ctx.arg(node, i, k) for i, k in ((2, "weight"), (3, "bias"))]
-    if not node.args or any(t is not None and getattr(t, "op", None) != "get_attr" for t in stored):
+    if not node.args or not stored_or_absent(*stored):
         return unknown_op(ctx, node)  # a computed scale or shift: nothing says how its entries couple
     weight, bias = (None if t is None else t.target for t in stored)
     n = _normalized_count(ctx.arg(node, 1, "normalized_shape"))

@@ -16,7 +16,7 @@ from torch import nn
 from fxprune.labels import DimLabel, TensorLabels
 from fxprune.layout import CONSUMER, PRODUCER
 
-from .common import block_dims, require_zero
+from .common import block_dims, require_zero, stored_or_absent
 from .registry import RULES
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -94,8 +94,7 @@ def _functional_conv(ctx, node):
 
     w_node, b_node = ctx.arg(node, 1, "weight"), ctx.arg(node, 2, "bias")
     groups = ctx.arg(node, 6, "groups", 1)
-    if (getattr(w_node, "op", None) != "get_attr" or (b_node is not None and getattr(b_node, "op", None) != "get_attr")
-            or not isinstance(groups, int)):
+    if w_node is None or not stored_or_absent(w_node, b_node) or not isinstance(groups, int):
         return unknown_op(ctx, node)  # a computed weight (weight standardisation...): nothing says how it couples
     return _conv_channels(ctx, node, ctx.labels(ctx.arg(node, 0, "input")), w_node.target,
                           None if b_node is None else b_node.target, groups)
@@ -104,21 +103,18 @@ def _functional_conv(ctx, node):
 def _rewrite_functional_conv(rw, node):
     """A grouped conv keeps its channels per group: the group count follows the kept output channels."""
     groups = rw.arg(node, 6, "groups", 1)
-    if groups == 1 or getattr(rw.arg(node, 1, "weight"), "op", None) != "get_attr":
+    weight = rw.arg(node, 1, "weight")
+    if groups == 1 or weight is None or not stored_or_absent(weight):
         return  # (a computed weight made the conv a barrier: nothing of it changes)
-    old_out = rw.arg(node, 1, "weight").meta["val"].shape[0]
-    kept_out = _compact_weight(rw, node).shape[0]
+    from passes.channel_analysis import fetch_attr
+
+    old_out = weight.meta["val"].shape[0]
+    kept_out = fetch_attr(rw.root, weight.target).shape[0]  # the compact model's (sliced) weight
     new_groups = kept_out // (old_out // groups)
     if len(node.args) > 6:
         node.args = (*node.args[:6], new_groups, *node.args[7:])
     else:
         node.kwargs = {**node.kwargs, "groups": new_groups}
-
-
-def _compact_weight(rw, node):
-    from passes.channel_analysis import fetch_attr
-
-    return fetch_attr(rw.root, rw.arg(node, 1, "weight").target)
 
 
 RULES.function(F.conv1d, F.conv2d, F.conv3d, rewrite=_rewrite_functional_conv)(_functional_conv)
@@ -223,10 +219,10 @@ def _functional_linear(ctx, node):
     w_node = ctx.arg(node, 1, "weight")
     b_node = ctx.arg(node, 2, "bias")
     out_shape = ctx.out_shape(node)
-    if getattr(w_node, "op", None) != "get_attr":
+    if w_node is None or not stored_or_absent(w_node):
         return unknown_op(ctx, node)
     computed_bias = None
-    if b_node is not None and getattr(b_node, "op", None) != "get_attr":
+    if not stored_or_absent(b_node):
         computed_bias = ctx.labels(b_node)
         if computed_bias is None or computed_bias.ndim != 1 or computed_bias.dims[0] is None:
             return unknown_op(ctx, node)  # a bias whose channels nothing tracks cannot be sliced

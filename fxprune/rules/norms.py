@@ -14,7 +14,7 @@ from torch import nn
 from fxprune.labels import TensorLabels
 from fxprune.layout import BUFFER, PRODUCER
 
-from .common import KEEP, block_dims, elementwise, set_nonzero
+from .common import KEEP, block_dims, elementwise, set_nonzero, stored_or_absent
 from .registry import RULES
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -121,7 +121,7 @@ def _functional_batch_norm(ctx, node):
     x = ctx.labels(ctx.arg(node, 0, "input"))
     names = ("running_mean", "running_var", "weight", "bias")
     tensors = {k: ctx.arg(node, i + 1, k) for i, k in enumerate(names)}
-    if x is None or x.ndim < 2 or any(t is not None and getattr(t, "op", None) != "get_attr" for t in tensors.values()):
+    if x is None or x.ndim < 2 or not stored_or_absent(*tensors.values()):
         return unknown_op(ctx, node)
     out = elementwise(ctx, node, [x], KEEP)
     _block_statistics_dims(ctx, node, x, 1)
@@ -145,7 +145,7 @@ def _functional_group_norm(ctx, node):
     num_groups = ctx.arg(node, 1, "num_groups")
     tensors = {k: ctx.arg(node, i + 2, k) for i, k in enumerate(("weight", "bias"))}
     if (x is None or x.ndim < 2 or not isinstance(num_groups, int) or num_groups <= 0 or x.shape[1] % num_groups
-            or any(t is not None and getattr(t, "op", None) != "get_attr" for t in tensors.values())):
+            or not stored_or_absent(*tensors.values())):
         return unknown_op(ctx, node)
     present = [t.target for t in tensors.values() if t is not None]
     affine = tensors["weight"] is not None and tensors["bias"] is not None

@@ -77,12 +77,16 @@ def _pieces(ctx, node, x: TensorLabels | None, dim: int, sizes: list[int]):
     return tuple(outs)
 
 
+def _op_name(node) -> str:
+    return node.target if isinstance(node.target, str) else node.target.__name__
+
+
 def _split_like(ctx, node):
     x = ctx.labels(node.args[0])
     vals = ctx.meta_value(node)
     if x is None:
         return tuple(TensorLabels.blank(v.shape) for v in vals)
-    name = node.target if isinstance(node.target, str) else node.target.__name__
+    name = _op_name(node)
     dim_arg = ctx.arg(node, 2, "dim", 0) if name != "unbind" else ctx.arg(node, 1, "dim", 0)
     dim = normalize_dim(dim_arg, x.ndim)
     if name == "unbind":
@@ -97,8 +101,7 @@ def _rewrite_split(rw, node):
     """split/chunk along a channel dim become ``torch.split`` with the pruned piece sizes."""
     x_labels: TensorLabels = rw.input_labels(node)
     outs = node.meta["fxprune.channels"]
-    name = node.target if isinstance(node.target, str) else node.target.__name__
-    if name == "unbind":
+    if _op_name(node) == "unbind":
         return  # the analysis kept the unbound dim whole: its pieces have no channel dim left to resize
     dim = normalize_dim(rw.arg(node, 2, "dim", 0), x_labels.ndim)
     if x_labels.dims[dim] is None:
