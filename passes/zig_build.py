@@ -53,20 +53,32 @@ class ParamSlice(NamedTuple):
     role: str
 
 
-@dataclass(frozen=True)
 class Group:
-    """Channels (ZIGs) that couple the same parameter dimensions: a layer's width, a residual stream."""
+    """Channels (ZIGs) that couple the same parameter dimensions: a layer's width, a residual stream.
 
-    id: int
-    name: str
-    zigs: tuple[int, ...]  # component ids of its ZIGs (see ``ZigIndex``)
-    slices: tuple[ParamSlice, ...]
-    prunable: bool
-    reason: str | None
+    ``slices`` lists, per parameter dimension the group touches, the indices it couples.  They
+    are built for every group together on first access: analysis itself never needs them as
+    objects, and a concat-heavy network (DenseNet) has thousands.
+    """
+
+    __slots__ = ("id", "name", "zigs", "prunable", "reason", "_slices")
+
+    def __init__(self, id: int, name: str, zigs: tuple[int, ...], prunable: bool, reason: str | None,
+                 slices: "_GroupSlices"):
+        self.id, self.name, self.zigs, self.prunable, self.reason = id, name, zigs, prunable, reason
+        self._slices = slices
+
+    @property
+    def slices(self) -> tuple[ParamSlice, ...]:
+        return self._slices.of(self.id)
 
     @property
     def channels(self) -> int:
         return len(self.zigs)
+
+    def __repr__(self) -> str:
+        state = "prunable" if self.prunable else f"not prunable: {self.reason}"
+        return f"Group(id={self.id}, name={self.name!r}, channels={self.channels}, {state})"
 
 
 @dataclass(frozen=True)
@@ -96,10 +108,11 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     reason_texts = [reason for _, reason in table.blocks]
     for i in range(len(table.blocks) - 1, -1, -1):
         reason_id[comp[table.blocks[i][0]]] = i
+    dims = _DimArrays(table, comp)
     has_producer = np.zeros(n_comp, dtype=bool)
-    producer_atoms = [pd.atoms for pd in table.param_dims.values() if pd.role == PRODUCER]
-    if producer_atoms:
-        has_producer[comp[np.concatenate(producer_atoms)]] = True
+    producer_arrays = sorted({dims.array_of[k] for k, pd in enumerate(dims.dims) if pd.role == PRODUCER})
+    if producer_arrays:
+        has_producer[np.concatenate([dims.comps(j) for j in producer_arrays])] = True
     no_producer = (~has_producer) & (reason_id < 0)
     reason_texts.append("no parameter produces these channels (only consumers read them)")
     reason_id[no_producer] = len(reason_texts) - 1
@@ -108,60 +121,85 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     prunable_id = np.full(n_comp, -1, dtype=np.int64)
     prunable_id[prunable] = np.arange(n_prunable)
 
-    groups, group_of = _group_zigs(table, comp, n_comp, reason_id, reason_texts)
+    groups, group_of = _group_zigs(dims, n_comp, reason_id, reason_texts)
     zig_group = np.zeros(n_prunable, dtype=np.int64)
     zig_group[prunable_id[prunable]] = group_of[prunable]
-    maps = []
-    zig_of: dict[int, torch.Tensor | None] = {}  # parameter dims that share atoms share the (read-only) map
-    for (name, dim), pd in table.param_dims.items():
-        if id(pd.atoms) not in zig_of:
-            zig = prunable_id[comp[pd.atoms]]
-            zig_of[id(pd.atoms)] = torch.from_numpy(zig) if (zig >= 0).any() else None
-        if zig_of[id(pd.atoms)] is not None:
-            maps.append(SliceMap(name, dim, zig_of[id(pd.atoms)], pd.role))
+    # parameter dims that share atoms share one (read-only) map: views of one tensor for all of them
+    zig_all = prunable_id[dims.comp_all]
+    any_prunable = dims.segment_max(zig_all) >= 0
+    zig_tensor = torch.from_numpy(zig_all)
+    zig_of = [zig_tensor[a:b] for a, b in zip(dims.starts, dims.ends)]
+    maps = [SliceMap(pd.name, pd.dim, zig_of[j], pd.role) for pd, j in zip(dims.dims, dims.array_of) if any_prunable[j]]
     layout = ZigLayout(n_prunable, tuple(maps), torch.from_numpy(zig_group))
     return ZigIndex(comp, n_comp, prunable, reason_id, tuple(reason_texts), prunable_id, tuple(groups), layout)
 
 
-def _distinct(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (np.unique's hashing path is slow on large arrays)."""
-    if a.size < 2 or (a[1:] > a[:-1]).all():  # already strictly increasing: a layer's own channels
-        return a
-    s = np.sort(a)
-    return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
+class _DimArrays:
+    """The parameter dims' atom arrays, each distinct array once, laid end to end.
+
+    Dims that adopted the same atoms (a norm's scale, shift and statistics) share one
+    array; every per-dim quantity below is computed once per distinct array, with a
+    handful of whole-array numpy calls instead of several calls per dim.
+    """
+
+    def __init__(self, table: AtomTable, comp: np.ndarray):
+        self.dims = list(table.param_dims.values())
+        index: dict[int, int] = {}
+        arrays: list[np.ndarray] = []
+        self.array_of: list[int] = []  # per dim: its distinct array
+        for pd in self.dims:
+            j = index.get(id(pd.atoms))
+            if j is None:
+                j = index[id(pd.atoms)] = len(arrays)
+                arrays.append(pd.atoms)
+            self.array_of.append(j)
+        self.num_arrays = len(arrays)
+        sizes = np.array([a.size for a in arrays], dtype=np.int64)
+        self.ends = np.cumsum(sizes).tolist()
+        self.starts = [e - n for e, n in zip(self.ends, sizes.tolist())]
+        self.sizes = sizes
+        atoms = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+        self.comp_all = comp[atoms]  # component of every atom of every distinct array
+        self.array_all = np.repeat(np.arange(self.num_arrays, dtype=np.int64), sizes)
+
+    def comps(self, j: int) -> np.ndarray:
+        return self.comp_all[self.starts[j]:self.ends[j]]
+
+    def segment_max(self, values: np.ndarray) -> np.ndarray:
+        """Per distinct array: the largest of ``values`` over its atoms (-1 for an empty array)."""
+        return self._segment(np.maximum, values, -1)
+
+    def segment_min(self, values: np.ndarray) -> np.ndarray:
+        return self._segment(np.minimum, values, -1)
+
+    def _segment(self, ufunc, values: np.ndarray, empty: int) -> np.ndarray:
+        out = np.full(self.num_arrays, empty, dtype=values.dtype)
+        nonempty = self.sizes > 0
+        if nonempty.any():
+            starts = np.asarray(self.starts, dtype=np.int64)[nonempty]
+            out[nonempty] = ufunc.reduceat(values, starts)  # starts of non-empty segments only
+        return out
 
 
-def _runs(sorted_keys: np.ndarray) -> tuple[list[int], list[int]]:
-    """Start and end offsets of the runs of equal values in a sorted array."""
-    if not sorted_keys.size:
-        return [], []
-    cuts = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
-    return np.concatenate(([0], cuts)).tolist(), np.concatenate((cuts, [sorted_keys.size])).tolist()
-
-
-def _group_zigs(table: AtomTable, comp: np.ndarray, n_comp: int, reason_id: np.ndarray,
+def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
                 reason_texts: list[str]) -> tuple[list[Group], np.ndarray]:
     """Cluster components by (the set of parameter dims they touch, their reason).
 
     A component's signature is a sum of random 64-bit keys, one per distinct parameter
     dimension it touches, plus a random key for its reason: equal sets give equal
     signatures, different sets collide with probability ~2^-64.  Returns the groups and
-    each component's group id.  One pass of array ops per parameter dimension, none per
-    channel.
+    each component's group id.  Whole-array ops only, none per channel.
     """
     rng = np.random.default_rng(0)
-    dims = list(table.param_dims.values())
-    key_hash = rng.integers(0, 2**63 - 1, size=max(len(dims), 1), dtype=np.int64).astype(np.uint64)
+    key_hash = rng.integers(0, 2**63 - 1, size=max(len(dims.dims), 1), dtype=np.int64).astype(np.uint64)
     reason_hash = rng.integers(0, 2**63 - 1, size=len(reason_texts) + 1, dtype=np.int64).astype(np.uint64)
-    # parameter dims that adopted the same atoms (a norm's scale, shift and statistics) share one array
-    shared: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for pd in dims:
-        if id(pd.atoms) not in shared:
-            c = comp[pd.atoms]
-            shared[id(pd.atoms)] = (c, _distinct(c))
+    # Dims sharing an array touch the same components: add their keys up per array first.
+    array_key = np.zeros(dims.num_arrays, dtype=np.uint64)
+    np.add.at(array_key, np.asarray(dims.array_of, dtype=np.int64), key_hash[: len(dims.dims)])
+    # Each (array, component) pair once: an array may hold several atoms of one component.
+    pairs = _distinct(dims.array_all * max(n_comp, 1) + dims.comp_all)
     signature = reason_hash[reason_id + 1]
-    for k, pd in enumerate(dims):
-        signature[shared[id(pd.atoms)][1]] += key_hash[k]  # distinct indices: fancy += is exact (uint64 wraps)
+    np.add.at(signature, pairs % max(n_comp, 1), array_key[pairs // max(n_comp, 1)])  # uint64 wraps
     _, first, group_of = np.unique(signature, return_index=True, return_inverse=True)
     group_of = group_of.ravel()
     order = np.argsort(first, kind="stable")  # number groups in order of their first component
@@ -176,33 +214,100 @@ def _group_zigs(table: AtomTable, comp: np.ndarray, n_comp: int, reason_id: np.n
     members = [tuple(by_group_list[a:b]) for a, b in zip(starts, ends)]
 
     # one slice per (group, parameter dim), in parameter-dim creation (graph) order
-    slices: list[list[ParamSlice]] = [[] for _ in range(n_groups)]
-    pieces: dict[int, list[tuple[int, np.ndarray]]] = {}
-    for pd in dims:
-        if id(pd.atoms) not in pieces:
-            pieces[id(pd.atoms)] = _split_by_group(group_of[shared[id(pd.atoms)][0]])
-        for g, indices in pieces[id(pd.atoms)]:
-            slices[g].append(ParamSlice(pd.name, pd.dim, indices, pd.role))
+    group_all = group_of[dims.comp_all]
+    low, high = dims.segment_min(group_all).tolist(), dims.segment_max(group_all).tolist()
+    pieces = [_split_by_group(group_all[dims.starts[j]:dims.ends[j]], low[j], high[j])
+              for j in range(dims.num_arrays)]
+    slices = _GroupSlices(dims, pieces, n_groups)
+    names = _group_names(dims, group_all, n_groups)
     groups = []
     for g in range(n_groups):
-        producers = [s for s in slices[g] if s.role == PRODUCER] or slices[g]
-        name = f"{producers[0].name}[dim {producers[0].dim}]" if producers else f"group {g}"
         r = int(reason_id[members[g][0]])
         reason = reason_texts[r] if r >= 0 else None
-        groups.append(Group(g, name, members[g], tuple(slices[g]), reason is None, reason))
+        groups.append(Group(g, names[g], members[g], reason is None, reason, slices))
     return groups, group_of
 
 
-def _split_by_group(grp: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """``(group, ascending positions)`` for each group present in ``grp`` (positions read-only)."""
+class _GroupSlices:
+    """Every group's ``ParamSlice`` tuple, built for all groups at once when first asked for."""
+
+    def __init__(self, dims: _DimArrays, pieces: list[list[tuple[int, np.ndarray]]], n_groups: int):
+        self._dims, self._pieces, self._n_groups = dims, pieces, n_groups
+        self._built: list[tuple[ParamSlice, ...]] | None = None
+
+    def of(self, group: int) -> tuple[ParamSlice, ...]:
+        if self._built is None:
+            slices: list[list[ParamSlice]] = [[] for _ in range(self._n_groups)]
+            for pd, j in zip(self._dims.dims, self._dims.array_of):
+                for g, indices in self._pieces[j]:
+                    slices[g].append(ParamSlice(pd.name, pd.dim, indices, pd.role))
+            self._built = [tuple(s) for s in slices]
+        return self._built[group]
+
+
+def _group_names(dims: _DimArrays, group_all: np.ndarray, n_groups: int) -> list[str]:
+    """``'weight[dim 0]'`` of each group's first producer dimension (or first dimension) in dim order."""
+    if not dims.dims:
+        return [f"group {g}" for g in range(n_groups)]
+    num_dims = len(dims.dims)
+    array_of = np.asarray(dims.array_of, dtype=np.int64)
+    is_producer = np.array([pd.role == PRODUCER for pd in dims.dims])
+    order = np.arange(num_dims, dtype=np.int64)
+    first_dim = np.full(dims.num_arrays, num_dims, dtype=np.int64)  # per array: its first dim
+    np.minimum.at(first_dim, array_of, order)
+    first_producer = np.full(dims.num_arrays, num_dims, dtype=np.int64)  # per array: its first producer dim
+    np.minimum.at(first_producer, array_of[is_producer], order[is_producer])
+    pairs = _distinct(dims.array_all * n_groups + group_all)  # each (array, group) once
+    arrays, groups = pairs // n_groups, pairs % n_groups
+    best_dim = np.full(n_groups, num_dims, dtype=np.int64)
+    np.minimum.at(best_dim, groups, first_dim[arrays])
+    best_producer = np.full(n_groups, num_dims, dtype=np.int64)
+    np.minimum.at(best_producer, groups, first_producer[arrays])
+    chosen = np.where(best_producer < num_dims, best_producer, best_dim).tolist()
+    return [f"{dims.dims[k].name}[dim {dims.dims[k].dim}]" if k < num_dims else f"group {g}"
+            for g, k in enumerate(chosen)]
+
+
+def _distinct(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (np.unique's hashing path is slow on large arrays)."""
+    if a.size < 2 or (a[1:] > a[:-1]).all():  # already strictly increasing: layers' own channels, in order
+        return a
+    s = np.sort(a)
+    return s[np.concatenate(([True], s[1:] != s[:-1]))]
+
+
+def _runs(sorted_keys: np.ndarray) -> tuple[list[int], list[int]]:
+    """Start and end offsets of the runs of equal values in a sorted array."""
+    if not sorted_keys.size:
+        return [], []
+    cuts = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    return np.concatenate(([0], cuts)).tolist(), np.concatenate((cuts, [sorted_keys.size])).tolist()
+
+
+def _split_by_group(grp: np.ndarray, low: int, high: int) -> list[tuple[int, np.ndarray]]:
+    """``(group, ascending positions)`` for each group present in ``grp`` (positions read-only).
+
+    ``low`` and ``high`` are the smallest and largest value in ``grp``.
+    """
     if not grp.size:
         return []
-    if grp[0] == grp[-1] and (grp == grp[0]).all():  # the common case: the whole dim is one group
-        positions = np.arange(grp.size, dtype=np.int64)
-        positions.flags.writeable = False
-        return [(int(grp[0]), positions)]
+    if low == high:  # the common case: the whole dim is one group
+        return [(low, _positions(grp.size))]
     by_group = np.argsort(grp, kind="stable")  # stable: positions stay ascending within a group
     by_group.flags.writeable = False
     sorted_grp = grp[by_group]
     starts, ends = _runs(sorted_grp)
     return [(g, by_group[a:b]) for g, a, b in zip(sorted_grp[starts].tolist(), starts, ends)]
+
+
+def _positions(n: int) -> np.ndarray:
+    """A read-only ``arange(n)``, shared by every slice of that length."""
+    cached = _POSITIONS.get(n)
+    if cached is None:
+        cached = np.arange(n, dtype=np.int64)
+        cached.flags.writeable = False
+        _POSITIONS[n] = cached
+    return cached
+
+
+_POSITIONS: dict[int, np.ndarray] = {}
