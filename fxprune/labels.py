@@ -25,6 +25,19 @@ def _frozen(a) -> np.ndarray:
     return a
 
 
+def zeros(size: int) -> np.ndarray:
+    """A read-only int64 zero vector of ``size``, shared: most channels stay zero when zeroed,
+    and rules test for that by identity before doing any array work."""
+    z = _ZEROS.get(size)
+    if z is None:
+        z = _ZEROS[size] = np.zeros(size, dtype=np.int64)
+        z.flags.writeable = False
+    return z
+
+
+_ZEROS: dict[int, np.ndarray] = {}
+
+
 @dataclass(frozen=True)
 class DimLabel:
     atoms: np.ndarray  # int64 [size]: atom id per index, -1 where no channel
@@ -40,10 +53,16 @@ class DimLabel:
 
     @staticmethod
     def fresh(atoms: np.ndarray) -> "DimLabel":
-        return DimLabel(atoms, np.zeros(len(atoms), dtype=np.int64))
+        return DimLabel(atoms, zeros(len(atoms)))
+
+    def all_zero(self) -> bool:
+        """Every channel here is exactly zero once its ZIG is zeroed."""
+        return self.nonzero is _ZEROS.get(self.nonzero.shape[0]) or not self.nonzero.any()
 
     def with_nonzero(self, nonzero: np.ndarray | int) -> "DimLabel":
         if isinstance(nonzero, (int, np.integer)):
+            if nonzero == 0:
+                return self if self.all_zero() else DimLabel(self.atoms, zeros(self.size))
             return DimLabel(self.atoms, np.full(self.atoms.shape, nonzero, dtype=np.int64))
         return DimLabel(self.atoms, np.broadcast_to(np.asarray(nonzero, dtype=np.int64), self.atoms.shape))
 

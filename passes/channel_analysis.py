@@ -57,6 +57,9 @@ class AtomTable:
             return
         a = np.asarray(a, dtype=np.int64).ravel()
         b = np.asarray(b, dtype=np.int64).ravel()
+        if a.size and a.min() >= 0 and b.min() >= 0:  # the common case: every position tracked on both sides
+            self.edges.append((a, b))
+            return
         both = (a >= 0) & (b >= 0)
         if both.any():
             self.edges.append((a[both], b[both]))
@@ -81,6 +84,8 @@ class AnalysisContext:
         self._modules: dict[str, nn.Module] = {}
         self._canonical_by_name: dict[str, str] = {}
         self._descriptions: dict[fx.Node, str] = {}
+        self._tracked: dict[int, tuple[np.ndarray, bool]] = {}
+        self._buffer_names: set[str] = set()
 
     # -- reading the node --------------------------------------------------
     def value(self, arg: Any) -> Any:
@@ -133,17 +138,29 @@ class AnalysisContext:
     def _index_tensors(self) -> None:
         """Name -> tensor, tensor -> first name, and which are parameters: one walk of the module tree."""
         params, buffers = [], []
-        for prefix, mod in self.gm.named_modules(remove_duplicate=False):  # named_parameters' order
+        # named_modules(remove_duplicate=False)'s pre-order, walked with a stack: its nested
+        # generators cost a frame per level for every module yielded.
+        stack = [("", self.gm)]
+        while stack:
+            prefix, mod = stack.pop()
             self._modules.setdefault(prefix, mod)
             dot = prefix + "." if prefix else ""
             params += [(dot + k, p) for k, p in mod._parameters.items() if p is not None]
             buffers += [(dot + k, b) for k, b in mod._buffers.items() if b is not None]
+            stack += [(dot + k, m) for k, m in reversed(mod._modules.items()) if m is not None]
         self._named_tensors = dict(params)
         self._named_tensors.update(buffers)
         self._canonical = {}
         for n, t in params + buffers:
             self._canonical.setdefault(id(t), n)
         self._param_ids = {id(p) for _, p in params}
+        # every name resolved up front: param_atoms asks once per parameter dimension
+        self._canonical_by_name = {n: self._canonical[id(t)] for n, t in params + buffers}
+        self._buffer_names = {n for n, t in buffers if id(t) not in self._param_ids}
+        names_per_tensor: dict[int, int] = {}
+        for t_id in map(id, self._named_tensors.values()):
+            names_per_tensor[t_id] = names_per_tensor.get(t_id, 0) + 1
+        self._tied = {t_id for t_id, count in names_per_tensor.items() if count > 1}
 
     def tensor_by_name(self, name: str) -> torch.Tensor:
         if self._named_tensors is None:
@@ -168,11 +185,7 @@ class AnalysisContext:
             for n in self.gm.graph.nodes:
                 if n.op in ("call_module", "get_attr"):
                     self._uses[n.target] = self._uses.get(n.target, 0) + 1
-            self.canonical_name(name)
-            names_per_tensor: dict[int, int] = {}
-            for t_id in [id(self.tensor_by_name(n)) for n in self._named_tensors]:
-                names_per_tensor[t_id] = names_per_tensor.get(t_id, 0) + 1
-            self._tied = {t_id for t_id, count in names_per_tensor.items() if count > 1}
+            self.canonical_name(name)  # indexes the tensors, which finds the tied ones
         owner = name.rpartition(".")[0]
         shared = self._uses.get(owner, 0) + self._uses.get(name, 0) > 1 or id(self.tensor_by_name(name)) in self._tied
         if shared:
@@ -182,7 +195,9 @@ class AnalysisContext:
     def is_buffer(self, name: str) -> bool:
         if self._param_ids is None:  # by identity: isinstance(t, nn.Parameter) is slow
             self._index_tensors()
-        return id(self.tensor_by_name(name)) not in self._param_ids
+        if name in self._buffer_names:
+            return True
+        return name not in self._named_tensors and id(self.tensor_by_name(name)) not in self._param_ids
 
     def param_atoms(self, name: str, dim: int, role: str | None, like: np.ndarray | None = None) -> np.ndarray:
         """Atoms of ``name``'s dimension ``dim`` (created on first use, shared by every use).
@@ -197,7 +212,7 @@ class AnalysisContext:
         if pd is None:
             size = self.tensor_by_name(name).shape[dim]
             is_buffer = self.is_buffer(name)
-            adopt = like is not None and like.shape == (size,) and (size == 0 or like.min() >= 0)
+            adopt = like is not None and like.shape == (size,) and self._all_tracked(like)
             atoms = like if adopt else self.atoms.new(size)
             pd = ParamDim(name, dim, atoms, BUFFER if is_buffer else role, is_buffer)
             self.atoms.param_dims[key] = pd
@@ -206,6 +221,13 @@ class AnalysisContext:
         elif role == PRODUCER or (role == CONSUMER and pd.role is None):
             pd.role = role  # a producer use anywhere makes the slice part of x_g
         return pd.atoms
+
+    def _all_tracked(self, atoms: np.ndarray) -> bool:
+        """No untracked (-1) atom in ``atoms``; cached per array, as a norm's four tensors ask about one."""
+        cached = self._tracked.get(id(atoms))
+        if cached is None or cached[0] is not atoms:
+            cached = self._tracked[id(atoms)] = (atoms, atoms.size == 0 or bool(atoms.min() >= 0))  # holds atoms: ids stay unique
+        return cached[1]
 
     # -- blocking ----------------------------------------------------------
     def block_value(self, value: Any, reason: str) -> None:
@@ -368,10 +390,9 @@ def _block_unclaimed(table: AtomTable) -> None:
         linked[a] = True
         linked[b] = True
     # a dimension that adopted these atoms (``param_atoms(like=...)``) couples to them without an edge
-    uses = np.zeros(table.count, dtype=np.int64)
-    for pd in table.param_dims.values():
-        np.add.at(uses, pd.atoms, 1)
-    linked |= uses > 1
+    if table.param_dims:
+        uses = np.bincount(np.concatenate([pd.atoms for pd in table.param_dims.values()]), minlength=table.count)
+        linked |= uses > 1
     for pd in table.param_dims.values():
         if pd.role is None and not linked[pd.atoms].any():
             table.block(pd.atoms, f"no op gives dimension {pd.dim} of '{pd.name}' a channel meaning")

@@ -150,11 +150,9 @@ def require_product_zero(ctx, node, labels: Sequence[DimLabel], what: str) -> No
 
 def require_zero(ctx, lab: DimLabel | None, node, what: str) -> None:
     """Channels consumed here (summed away) must be exactly zero when their ZIG is zeroed."""
-    if lab is None:
+    if lab is None or lab.all_zero():
         return
     bad = lab.nonzero != 0
-    if not bad.any():
-        return
     for code in np.unique(lab.nonzero[bad]):
         sel = bad & (lab.nonzero == code)
         ctx.atoms.block(

@@ -24,9 +24,18 @@ IN_TYPES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 _CHANNEL_TENSORS = (("weight", PRODUCER), ("bias", PRODUCER), ("running_mean", BUFFER), ("running_var", BUFFER))
 
 
+def _attribute(m: nn.Module, name: str):
+    """``getattr(m, name, None)``, reading the registered tensors first: nn.Module.__getattr__ is slow."""
+    if name in m._parameters:
+        return m._parameters[name]
+    if name in m._buffers:
+        return m._buffers[name]
+    return getattr(m, name, None)
+
+
 def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> None:
     lab = x.dims[dim]
-    present = [(pname, role) for pname, role in _CHANNEL_TENSORS if getattr(m, pname, None) is not None]
+    present = [(pname, role) for pname, role in _CHANNEL_TENSORS if _attribute(m, pname) is not None]
     if lab is None:
         for pname, _ in present:
             ctx.block_if_shared(f"{node.target}.{pname}", 0, node)
@@ -53,7 +62,7 @@ def _per_channel_norm(ctx, node):
         return out
     _block_statistics_dims(ctx, node, x, dim)
     _attach_channel_params(ctx, node, m, x, dim)
-    affine = getattr(m, "weight", None) is not None and getattr(m, "bias", None) is not None
+    affine = _attribute(m, "weight") is not None and _attribute(m, "bias") is not None
     uses_running_stats = getattr(m, "track_running_stats", False)
     if affine:  # scale and shift are zeroed with the channel: the output is exactly zero
         out = set_nonzero(out, [dim], 0)
