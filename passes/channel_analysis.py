@@ -19,6 +19,8 @@ from fxprune.labels import DimLabel, SizeTaint, TensorLabels
 from fxprune.layout import BUFFER, CONSUMER, PRODUCER
 from fxprune.rules import RULES
 
+from .module_walk import walk_modules
+
 META_KEY = "fxprune.channels"
 
 
@@ -126,7 +128,11 @@ class AnalysisContext:
     def module(self, node: fx.Node) -> nn.Module:
         m = self._modules.get(node.target)
         if m is None:
-            m = self._modules[node.target] = self.gm.get_submodule(node.target)
+            if self._named_tensors is None:
+                self._index_tensors()  # indexes every module too
+                m = self._modules.get(node.target)
+            if m is None:
+                m = self._modules[node.target] = self.gm.get_submodule(node.target)
         return m
 
     def arg(self, node: fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -138,16 +144,11 @@ class AnalysisContext:
     def _index_tensors(self) -> None:
         """Name -> tensor, tensor -> first name, and which are parameters: one walk of the module tree."""
         params, buffers = [], []
-        # named_modules(remove_duplicate=False)'s pre-order, walked with a stack: its nested
-        # generators cost a frame per level for every module yielded.
-        stack = [("", self.gm)]
-        while stack:
-            prefix, mod = stack.pop()
+        for prefix, mod in walk_modules(self.gm):  # named_parameters' order
             self._modules.setdefault(prefix, mod)
             dot = prefix + "." if prefix else ""
             params += [(dot + k, p) for k, p in mod._parameters.items() if p is not None]
             buffers += [(dot + k, b) for k, b in mod._buffers.items() if b is not None]
-            stack += [(dot + k, m) for k, m in reversed(mod._modules.items()) if m is not None]
         self._named_tensors = dict(params)
         self._named_tensors.update(buffers)
         self._canonical = {}

@@ -22,6 +22,8 @@ from torch.utils._pytree import tree_map
 from fxprune.errors import InputError
 
 from . import fast_shapes
+from .channel_analysis import fetch_attr
+from .module_walk import walk_modules
 from .shape_memo import ShapeMemo, call_key
 
 
@@ -92,18 +94,64 @@ def _meta_module(module: torch.nn.Module) -> torch.nn.Module:
     return twin
 
 
-class _RecordingInterpreter(fx.Interpreter):
-    """Runs the user's graph with meta twins of its modules and attributes; records node values."""
+class _RecordingInterpreter:
+    """Runs the user's graph with meta twins of its modules and attributes; records node values.
+
+    A lean stand-in for ``fx.Interpreter``: it only ever runs graphs fxprune traced, and the
+    general interpreter's per-node bookkeeping (provenance context managers, debug logging,
+    progress bar, a ``named_modules`` walk up front) costs as much as the shapes themselves.
+    """
 
     def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm, garbage_collect_values=False)
+        self.gm = gm
+        self._modules: dict[str, torch.nn.Module] = {}
         self._twins: dict[str, torch.nn.Module] = {}
         self._memo = ShapeMemo()
 
-    def call_module(self, target, args, kwargs):
-        module = self.submodules.get(target)  # named_modules() dict: no walk of the dotted path per call
+    def run(self, *inputs: Any) -> None:
+        graph = self.gm.graph
+        env: dict[fx.Node, Any] = {}
+        remaining = iter(graph.process_inputs(*inputs))
+        for node in graph.nodes:
+            op = node.op
+            if op == "placeholder":
+                result = self._placeholder(node, remaining)
+            elif op == "output":
+                return
+            else:
+                args, kwargs = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
+                if op == "call_module":
+                    result = self.call_module(node.target, args, kwargs)
+                elif op == "call_function":
+                    result = self.call_function(node.target, args, kwargs)
+                elif op == "call_method":
+                    result = self.call_method(node.target, args, kwargs)
+                else:  # get_attr
+                    result = self.get_attr(node.target)
+            env[node] = result
+            node.meta["val"] = result
+
+    @staticmethod
+    def _placeholder(node: fx.Node, remaining) -> Any:
+        if node.target.startswith("*"):
+            return list(remaining)
+        try:
+            return next(remaining)
+        except StopIteration:
+            if node.args:
+                return node.args[0]  # the forward's default value
+            raise InputError(f"the model expects an input for '{node.target}', and the example inputs have none") from None
+
+    def _module(self, target: str) -> torch.nn.Module:
+        if not self._modules:
+            self._modules = dict(walk_modules(self.gm))  # every qualified name, a shared module under each of its names
+        module = self._modules.get(target)
         if module is None:
-            module = self.fetch_attr(target)
+            module = self._modules[target] = self.gm.get_submodule(target)
+        return module
+
+    def call_module(self, target, args, kwargs):
+        module = self._module(target)
         shortcut = fast_shapes.module_output(module, args, kwargs)
         if shortcut is not None:
             return shortcut
@@ -120,8 +168,8 @@ class _RecordingInterpreter(fx.Interpreter):
         self._memo.store(key, result)
         return result
 
-    def get_attr(self, target, args, kwargs):
-        value = super().get_attr(target, args, kwargs)
+    def get_attr(self, target):
+        value = fetch_attr(self.gm, target)
         return _to_meta(value) if isinstance(value, torch.Tensor) else value
 
     def call_function(self, target, args, kwargs):
@@ -133,7 +181,7 @@ class _RecordingInterpreter(fx.Interpreter):
         if result is not None:
             return result
         try:
-            result = super().call_function(target, args, kwargs)
+            result = target(*args, **kwargs)
         except Exception:  # an fx.wrap-ed function that reads values
             result = _run_for_real(target, args, kwargs)
         if key is not None:
@@ -142,12 +190,10 @@ class _RecordingInterpreter(fx.Interpreter):
 
     def call_method(self, target, args, kwargs):
         shortcut = fast_shapes.method_output(target, args, kwargs)
-        return shortcut if shortcut is not None else super().call_method(target, args, kwargs)
-
-    def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
-        n.meta["val"] = result
-        return result
+        if shortcut is not None:
+            return shortcut
+        self_obj, *rest = args
+        return getattr(self_obj, target)(*rest, **kwargs)
 
 
 def _propagate_meta(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:

@@ -1,0 +1,21 @@
+"""The submodules of a module tree, in ``named_modules(remove_duplicate=False)`` order, walked fast.
+
+``nn.Module.named_modules`` nests one generator per level, so every module it yields
+passes through a frame per ancestor; the analysis passes walk the tree of every traced
+model, and an explicit stack makes that walk linear in the number of modules.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+
+def walk_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(qualified name, module)`` for ``root`` and every submodule, pre-order, duplicates kept."""
+    out: list[tuple[str, nn.Module]] = []
+    stack = [("", root)]
+    while stack:
+        prefix, module = stack.pop()
+        out.append((prefix, module))
+        dot = prefix + "." if prefix else ""
+        stack += [(dot + name, child) for name, child in reversed(module._modules.items()) if child is not None]
+    return out
