@@ -213,7 +213,7 @@ class AnalysisContext:
         if pd is None:
             size = self.tensor_by_name(name).shape[dim]
             is_buffer = self.is_buffer(name)
-            adopt = like is not None and like.shape == (size,) and self._all_tracked(like)
+            adopt = like is not None and like.shape == (size,) and self.all_tracked(like)
             atoms = like if adopt else self.atoms.new(size)
             pd = ParamDim(name, dim, atoms, BUFFER if is_buffer else role, is_buffer)
             self.atoms.param_dims[key] = pd
@@ -223,7 +223,7 @@ class AnalysisContext:
             pd.role = role  # a producer use anywhere makes the slice part of x_g
         return pd.atoms
 
-    def _all_tracked(self, atoms: np.ndarray) -> bool:
+    def all_tracked(self, atoms: np.ndarray) -> bool:
         """No untracked (-1) atom in ``atoms``; cached per array, as a norm's four tensors ask about one."""
         cached = self._tracked.get(id(atoms))
         if cached is None or cached[0] is not atoms:

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from fxprune.labels import DimLabel, TensorLabels
+from fxprune.labels import DimLabel, TensorLabels, zeros
 
 # How an elementwise op maps "zero channel" inputs to its output channel.
 KEEP = "keep"  # unary f with f(0) = 0 (ReLU, GELU, dropout, casts...)
@@ -32,6 +32,8 @@ def combine_nonzero(mode: str, code: int, present: Sequence[DimLabel], n_other: 
         return present[0].nonzero
     if mode == CONST:
         return np.full(size, code, dtype=np.int64)
+    if mode in (MUL, ADD) and all(lab.all_zero() for lab in present) and (mode == MUL or not n_other or other_zero):
+        return zeros(size)  # the common case: every operand's channels are zero when zeroed
     if mode == MUL:
         zero = np.zeros(size, dtype=bool)
         for lab in present:
@@ -89,10 +91,11 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
                     lab.atoms,
                     f"{ctx.describe(node)} combines these channels elementwise with an untracked dimension",
                 )
-        base_atoms = present[0].atoms.copy()
+        base_atoms = present[0].atoms
         for lab in present[1:]:
             ctx.atoms.unify(base_atoms, lab.atoms, f"{ctx.describe(node)} aligns these channels with untracked ones")
-            base_atoms = np.where(base_atoms >= 0, base_atoms, lab.atoms)
+            if not ctx.all_tracked(base_atoms):  # fill untracked positions from the other operand
+                base_atoms = np.where(base_atoms >= 0, base_atoms, lab.atoms)
         # operands that broadcast along this dim contribute the same value to every channel:
         # zero only if they are literal zeros
         nonzero = combine_nonzero(mode, code, present, n_broadcast, scalars_zero and len(present) == len(tensors))
