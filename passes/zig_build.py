@@ -56,25 +56,29 @@ class ParamSlice(NamedTuple):
 class Group:
     """Channels (ZIGs) that couple the same parameter dimensions: a layer's width, a residual stream.
 
-    ``slices`` lists, per parameter dimension the group touches, the indices it couples.  They
-    are built for every group together on first access: analysis itself never needs them as
-    objects, and a concat-heavy network (DenseNet) has thousands.
+    ``zigs`` (component ids) and ``slices`` (per parameter dimension the group touches, the
+    indices it couples) are built for every group together on first access: analysis itself
+    never needs them as Python objects, and a wide network has a hundred thousand channels
+    and a concat-heavy one thousands of slices.
     """
 
-    __slots__ = ("id", "name", "zigs", "prunable", "reason", "_slices")
+    __slots__ = ("id", "name", "prunable", "reason", "_members")
 
-    def __init__(self, id: int, name: str, zigs: tuple[int, ...], prunable: bool, reason: str | None,
-                 slices: "_GroupSlices"):
-        self.id, self.name, self.zigs, self.prunable, self.reason = id, name, zigs, prunable, reason
-        self._slices = slices
+    def __init__(self, id: int, name: str, prunable: bool, reason: str | None, members: "_GroupMembers"):
+        self.id, self.name, self.prunable, self.reason = id, name, prunable, reason
+        self._members = members
+
+    @property
+    def zigs(self) -> tuple[int, ...]:
+        return self._members.zigs_of(self.id)
 
     @property
     def slices(self) -> tuple[ParamSlice, ...]:
-        return self._slices.of(self.id)
+        return self._members.slices_of(self.id)
 
     @property
     def channels(self) -> int:
-        return len(self.zigs)
+        return self._members.count(self.id)
 
     def __repr__(self) -> str:
         state = "prunable" if self.prunable else f"not prunable: {self.reason}"
@@ -197,7 +201,7 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     array_key = np.zeros(dims.num_arrays, dtype=np.uint64)
     np.add.at(array_key, np.asarray(dims.array_of, dtype=np.int64), key_hash[: len(dims.dims)])
     # Each (array, component) pair once: an array may hold several atoms of one component.
-    pairs = _distinct(dims.array_all * max(n_comp, 1) + dims.comp_all)
+    pairs = _distinct_by_array(dims.array_all * max(n_comp, 1) + dims.comp_all, dims.array_all)
     signature = reason_hash[reason_id + 1]
     np.add.at(signature, pairs % max(n_comp, 1), array_key[pairs // max(n_comp, 1)])  # uint64 wraps
     _, first, group_of = np.unique(signature, return_index=True, return_inverse=True)
@@ -210,42 +214,51 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
 
     by_group = np.argsort(group_of, kind="stable")
     starts, ends = _runs(group_of[by_group])
-    by_group_list = by_group.tolist()
-    members = [tuple(by_group_list[a:b]) for a, b in zip(starts, ends)]
 
     # one slice per (group, parameter dim), in parameter-dim creation (graph) order
     group_all = group_of[dims.comp_all]
     low, high = dims.segment_min(group_all).tolist(), dims.segment_max(group_all).tolist()
     pieces = [_split_by_group(group_all[dims.starts[j]:dims.ends[j]], low[j], high[j])
               for j in range(dims.num_arrays)]
-    slices = _GroupSlices(dims, pieces, n_groups)
-    names = _group_names(dims, group_all, n_groups)
-    groups = []
-    for g in range(n_groups):
-        r = int(reason_id[members[g][0]])
-        reason = reason_texts[r] if r >= 0 else None
-        groups.append(Group(g, names[g], members[g], reason is None, reason, slices))
+    members = _GroupMembers(dims, pieces, by_group, starts, ends)
+    names = _group_names(dims, group_all, n_groups, np.asarray(low), np.asarray(high))
+    first_reason = reason_id[by_group[starts]].tolist() if n_groups else []  # a group's components share a reason
+    groups = [Group(g, names[g], r < 0, reason_texts[r] if r >= 0 else None, members)
+              for g, r in enumerate(first_reason)]
     return groups, group_of
 
 
-class _GroupSlices:
-    """Every group's ``ParamSlice`` tuple, built for all groups at once when first asked for."""
+class _GroupMembers:
+    """Every group's components and ``ParamSlice`` tuple, each built for all groups at once when first asked for."""
 
-    def __init__(self, dims: _DimArrays, pieces: list[list[tuple[int, np.ndarray]]], n_groups: int):
-        self._dims, self._pieces, self._n_groups = dims, pieces, n_groups
-        self._built: list[tuple[ParamSlice, ...]] | None = None
+    def __init__(self, dims: _DimArrays, pieces: list[list[tuple[int, np.ndarray]]], by_group: np.ndarray,
+                 starts: list[int], ends: list[int]):
+        self._dims, self._pieces = dims, pieces
+        self._by_group, self._starts, self._ends = by_group, starts, ends
+        self._zigs: list[tuple[int, ...]] | None = None
+        self._slices: list[tuple[ParamSlice, ...]] | None = None
 
-    def of(self, group: int) -> tuple[ParamSlice, ...]:
-        if self._built is None:
-            slices: list[list[ParamSlice]] = [[] for _ in range(self._n_groups)]
+    def count(self, group: int) -> int:
+        return self._ends[group] - self._starts[group]
+
+    def zigs_of(self, group: int) -> tuple[int, ...]:
+        if self._zigs is None:
+            components = self._by_group.tolist()
+            self._zigs = [tuple(components[a:b]) for a, b in zip(self._starts, self._ends)]
+        return self._zigs[group]
+
+    def slices_of(self, group: int) -> tuple[ParamSlice, ...]:
+        if self._slices is None:
+            slices: list[list[ParamSlice]] = [[] for _ in self._starts]
             for pd, j in zip(self._dims.dims, self._dims.array_of):
                 for g, indices in self._pieces[j]:
                     slices[g].append(ParamSlice(pd.name, pd.dim, indices, pd.role))
-            self._built = [tuple(s) for s in slices]
-        return self._built[group]
+            self._slices = [tuple(s) for s in slices]
+        return self._slices[group]
 
 
-def _group_names(dims: _DimArrays, group_all: np.ndarray, n_groups: int) -> list[str]:
+def _group_names(dims: _DimArrays, group_all: np.ndarray, n_groups: int, low: np.ndarray,
+                 high: np.ndarray) -> list[str]:
     """``'weight[dim 0]'`` of each group's first producer dimension (or first dimension) in dim order."""
     if not dims.dims:
         return [f"group {g}" for g in range(n_groups)]
@@ -257,8 +270,12 @@ def _group_names(dims: _DimArrays, group_all: np.ndarray, n_groups: int) -> list
     np.minimum.at(first_dim, array_of, order)
     first_producer = np.full(dims.num_arrays, num_dims, dtype=np.int64)  # per array: its first producer dim
     np.minimum.at(first_producer, array_of[is_producer], order[is_producer])
-    pairs = _distinct(dims.array_all * n_groups + group_all)  # each (array, group) once
-    arrays, groups = pairs // n_groups, pairs % n_groups
+    # each (array, group) once; most arrays lie in one group: their pair is (array, low)
+    uniform = (low == high) & (dims.sizes > 0)
+    mixed = ~uniform[dims.array_all]
+    pairs = _distinct_by_array(dims.array_all[mixed] * n_groups + group_all[mixed], dims.array_all[mixed])
+    arrays = np.concatenate([np.flatnonzero(uniform), pairs // n_groups])
+    groups = np.concatenate([low[uniform], pairs % n_groups])
     best_dim = np.full(n_groups, num_dims, dtype=np.int64)
     np.minimum.at(best_dim, groups, first_dim[arrays])
     best_producer = np.full(n_groups, num_dims, dtype=np.int64)
@@ -268,12 +285,24 @@ def _group_names(dims: _DimArrays, group_all: np.ndarray, n_groups: int) -> list
             for g, k in enumerate(chosen)]
 
 
-def _distinct(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (np.unique's hashing path is slow on large arrays)."""
-    if a.size < 2 or (a[1:] > a[:-1]).all():  # already strictly increasing: layers' own channels, in order
-        return a
-    s = np.sort(a)
-    return s[np.concatenate(([True], s[1:] != s[:-1]))]
+def _distinct_by_array(keys: np.ndarray, array: np.ndarray) -> np.ndarray:
+    """The distinct values of ``keys`` (any order), where ``keys`` is array-major: the keys of one
+    array (``array[i]``) are contiguous and below the next array's.
+
+    Most arrays are a layer's own channels, already strictly increasing: only arrays with a
+    repeat or a descent are sorted (np.unique would sort, or hash, everything).
+    """
+    if keys.size < 2:
+        return keys
+    stalls = np.flatnonzero(keys[1:] <= keys[:-1])
+    if not stalls.size:
+        return keys
+    unsorted = np.zeros(int(array[-1]) + 1, dtype=bool)
+    unsorted[array[stalls]] = True
+    in_unsorted = unsorted[array]
+    rest = np.sort(keys[in_unsorted])
+    rest = rest[np.concatenate(([True], rest[1:] != rest[:-1]))]
+    return np.concatenate([keys[~in_unsorted], rest])
 
 
 def _runs(sorted_keys: np.ndarray) -> tuple[list[int], list[int]]:
