@@ -3,6 +3,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fxprune  # noqa: F401  (the package first: passes.zig_build is imported through it)
 from passes.zig_build import _distinct_by_array
 
 
