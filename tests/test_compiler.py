@@ -339,3 +339,18 @@ def test_default_scale_attention_prunes_head_dims_with_the_dense_scale_written_i
     assert sdpa.kwargs["scale"] == 1 / 8**0.5  # 1/sqrt of the dense head dim
     x2 = torch.randn(3, 7, 16)
     torch.testing.assert_close(small(x2), model(x2))
+
+
+def test_groups_partition_the_zigs_and_their_slices_hold_only_their_zigs():
+    # Group.zigs and Group.slices are built lazily from shared arrays: check them against the atom table.
+    space = fxprune.trace(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32))
+    index, table = space._zigs, space._table
+    members = [z for g in space.groups for z in g.zigs]
+    assert sorted(members) == list(range(index.num_components))  # every ZIG in exactly one group
+    for g in space.groups:
+        assert g.channels == len(g.zigs) > 0
+        assert g.prunable == (g.reason is None)
+        own = set(g.zigs)
+        for s in g.slices:
+            atoms = table.param_dims[(s.name, s.dim)].atoms[s.indices]
+            assert set(index.atom_zig[atoms].tolist()) <= own
