@@ -44,6 +44,7 @@ class AtomTable:
 
     def new(self, k: int) -> np.ndarray:
         atoms = np.arange(self.count, self.count + k, dtype=np.int64)
+        atoms.flags.writeable = False  # atom arrays are shared and their properties cached: never edited in place
         self.count += k
         return atoms
 
