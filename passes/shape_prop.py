@@ -117,6 +117,7 @@ class _RecordingInterpreter:
             if op == "placeholder":
                 result = self._placeholder(node, remaining)
             elif op == "output":
+                node.meta["val"] = fx.node.map_arg(node.args[0], env.__getitem__)  # as fx.Interpreter records it
                 return
             else:
                 args, kwargs = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)

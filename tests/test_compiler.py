@@ -354,3 +354,20 @@ def test_groups_partition_the_zigs_and_their_slices_hold_only_their_zigs():
         for s in g.slices:
             atoms = table.param_dims[(s.name, s.dim)].atoms[s.indices]
             assert set(index.atom_zig[atoms].tolist()) <= own
+
+
+def test_shape_propagation_records_every_node_output_included():
+    class TwoOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x, scale: float = 2.0):  # a default the example inputs leave out
+            y = self.conv(x)
+            return y * scale, y.mean(dim=(2, 3))
+
+    space = fxprune.trace(TwoOutputs(), torch.randn(2, 3, 8, 8))
+    nodes = list(space.graph_module.graph.nodes)
+    assert all("val" in n.meta for n in nodes)
+    out = nodes[-1].meta["val"]
+    assert [tuple(t.shape) for t in out] == [(2, 4, 6, 6), (2, 4)]
