@@ -79,16 +79,11 @@ class AnalysisContext:
         self.env: dict[fx.Node, Any] = {}
         self.codes: dict[fx.Node, int] = {n: i + 1 for i, n in enumerate(gm.graph.nodes)}
         self.nodes_by_code = {c: n for n, c in self.codes.items()}
-        self._named_tensors: dict[str, torch.Tensor] | None = None
-        self._param_ids: set[int] | None = None
-        self._canonical: dict[int, str] | None = None
         self._uses: dict[str, int] | None = None
-        self._tied: set[int] = set()
-        self._modules: dict[str, nn.Module] = {}
-        self._canonical_by_name: dict[str, str] = {}
         self._descriptions: dict[fx.Node, str] = {}
         self._tracked: dict[int, tuple[np.ndarray, bool]] = {}
-        self._buffer_names: set[str] = set()
+        self._modules: dict[str, nn.Module] = {}
+        self._index_tensors()  # every rule reads modules or tensors: index them once, up front
 
     # -- reading the node --------------------------------------------------
     def value(self, arg: Any) -> Any:
@@ -129,11 +124,7 @@ class AnalysisContext:
     def module(self, node: fx.Node) -> nn.Module:
         m = self._modules.get(node.target)
         if m is None:
-            if self._named_tensors is None:
-                self._index_tensors()  # indexes every module too
-                m = self._modules.get(node.target)
-            if m is None:
-                m = self._modules[node.target] = self.gm.get_submodule(node.target)
+            m = self._modules[node.target] = self.gm.get_submodule(node.target)
         return m
 
     def arg(self, node: fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -143,7 +134,8 @@ class AnalysisContext:
 
     # -- parameters --------------------------------------------------------
     def _index_tensors(self) -> None:
-        """Name -> tensor, tensor -> first name, and which are parameters: one walk of the module tree."""
+        """Modules by name, name -> tensor, tensor -> first name, and which are parameters or tied:
+        one walk of the module tree."""
         params, buffers = [], []
         for prefix, mod in walk_modules(self.gm):  # named_parameters' order
             self._modules.setdefault(prefix, mod)
@@ -152,7 +144,7 @@ class AnalysisContext:
             buffers += [(dot + k, b) for k, b in mod._buffers.items() if b is not None]
         self._named_tensors = dict(params)
         self._named_tensors.update(buffers)
-        self._canonical = {}
+        self._canonical: dict[int, str] = {}
         for n, t in params + buffers:
             self._canonical.setdefault(id(t), n)
         self._param_ids = {id(p) for _, p in params}
@@ -165,8 +157,6 @@ class AnalysisContext:
         self._tied = {t_id for t_id, count in names_per_tensor.items() if count > 1}
 
     def tensor_by_name(self, name: str) -> torch.Tensor:
-        if self._named_tensors is None:
-            self._index_tensors()
         if name in self._named_tensors:
             return self._named_tensors[name]
         return fetch_attr(self.gm, name)
@@ -175,8 +165,6 @@ class AnalysisContext:
         """The first name (in ``named_parameters`` order) of the tensor ``name`` refers to."""
         canonical = self._canonical_by_name.get(name)
         if canonical is None:
-            if self._canonical is None:
-                self._index_tensors()
             canonical = self._canonical_by_name[name] = self._canonical.get(id(self.tensor_by_name(name)), name)
         return canonical
 
@@ -187,7 +175,6 @@ class AnalysisContext:
             for n in self.gm.graph.nodes:
                 if n.op in ("call_module", "get_attr"):
                     self._uses[n.target] = self._uses.get(n.target, 0) + 1
-            self.canonical_name(name)  # indexes the tensors, which finds the tied ones
         owner = name.rpartition(".")[0]
         shared = self._uses.get(owner, 0) + self._uses.get(name, 0) > 1 or id(self.tensor_by_name(name)) in self._tied
         if shared:
@@ -195,8 +182,7 @@ class AnalysisContext:
                              f"'{name}' is shared, and {self.describe(node)} reads it on untracked channels")
 
     def is_buffer(self, name: str) -> bool:
-        if self._param_ids is None:  # by identity: isinstance(t, nn.Parameter) is slow
-            self._index_tensors()
+        # by identity: isinstance(t, nn.Parameter) is slow
         if name in self._buffer_names:
             return True
         return name not in self._named_tensors and id(self.tensor_by_name(name)) not in self._param_ids

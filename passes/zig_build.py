@@ -217,11 +217,11 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
 
     # one slice per (group, parameter dim), in parameter-dim creation (graph) order
     group_all = group_of[dims.comp_all]
-    low, high = dims.segment_min(group_all).tolist(), dims.segment_max(group_all).tolist()
-    pieces = [_split_by_group(group_all[dims.starts[j]:dims.ends[j]], low[j], high[j])
-              for j in range(dims.num_arrays)]
+    low, high = dims.segment_min(group_all), dims.segment_max(group_all)
+    pieces = [_split_by_group(group_all[dims.starts[j]:dims.ends[j]], lo, hi)
+              for j, (lo, hi) in enumerate(zip(low.tolist(), high.tolist()))]
     members = _GroupMembers(dims, pieces, by_group, starts, ends)
-    names = _group_names(dims, group_all, n_groups, np.asarray(low), np.asarray(high))
+    names = _group_names(dims, group_all, n_groups, low, high)
     first_reason = reason_id[by_group[starts]].tolist() if n_groups else []  # a group's components share a reason
     groups = [Group(g, names[g], r < 0, reason_texts[r] if r >= 0 else None, members)
               for g, r in enumerate(first_reason)]

@@ -105,7 +105,7 @@ def _norm_groups(ctx, node, x: TensorLabels | None, num_groups: int, scale_shift
 
 def _group_norm(ctx, node):
     m = ctx.module(node)
-    present = [f"{node.target}.{k}" for k in ("weight", "bias") if getattr(m, k, None) is not None]
+    present = [f"{node.target}.{k}" for k in ("weight", "bias") if _attribute(m, k) is not None]
     return _norm_groups(ctx, node, ctx.labels(node.args[0]), m.num_groups, present, m.affine)
 
 
