@@ -1,7 +1,7 @@
 """PruneSpace: the analysed model — its groups, its ZIG layout — and construction of subnets."""
 from __future__ import annotations
 
-import copy
+import inspect
 import time
 from typing import Any, Iterable
 
@@ -14,13 +14,26 @@ from torch.utils._pytree import tree_flatten
 
 from passes.channel_analysis import AtomTable, analyze_channels, fetch_attr
 from passes.shape_prop import propagate_shapes
-from passes.slice_rewrite import build_compact, rescue_empty_dims
+from passes.slice_rewrite import build_compact, copy_module, rescue_empty_dims
 from passes.verify import compare_outputs
 from passes.zig_build import Group, ZigIndex, build_zigs
 
 from .errors import InputError, VerificationError
 from .layout import ZigLayout
-from .tracing import symbolic_trace
+from .tracing import specialized_keywords, symbolic_trace
+
+
+def _is_integer(value: Any) -> bool:
+    """An int, a NumPy integer or a 0-d integer tensor (not a bool, not a float)."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() \
+            and value.dtype != torch.bool
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -52,6 +65,8 @@ class PruneSpace:
         self._table = table
         self._zigs = zigs
         self.timings = timings
+        # Arguments traced as constants (concrete_args): the dense model needs them to compute what the graph does.
+        self.specialized_kwargs: dict[str, Any] = {}
 
     # -- what was found ----------------------------------------------------
     @property
@@ -125,7 +140,11 @@ class PruneSpace:
 
     def zero_groups_by_id(self, zig_ids: Iterable[int]) -> None:
         """Zero the producer slices of the given prunable ZIGs in the model's own parameters."""
-        ids = torch.as_tensor(list(zig_ids), dtype=torch.int64)
+        listed = list(zig_ids)
+        bad = next((i for i in listed if not _is_integer(i)), None)
+        if bad is not None:
+            raise InputError(f"ZIG ids must be integers, got {bad!r}; pass ids in [0, {self.num_zigs})")
+        ids = torch.as_tensor([int(i) for i in listed], dtype=torch.int64)
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.num_zigs):
             raise InputError(f"ZIG ids must lie in [0, {self.num_zigs}), got {ids.min().item()}..{ids.max().item()}")
         chosen = torch.zeros(self.num_zigs, dtype=torch.bool)
@@ -175,6 +194,11 @@ class PruneSpace:
             self.verify(compact, rtol=rtol)
         return compact
 
+    def _positional(self, inputs: tuple[Any, ...]) -> set[str]:
+        """The forward arguments ``inputs`` fill by position."""
+        names = list(inspect.signature(self.model.forward).parameters)
+        return set(names[: len(inputs)])
+
     def _check_runs(self, compact: fx.GraphModule) -> None:
         """Always-on structural check: the compact graph runs on meta tensors of the example shapes."""
         try:
@@ -193,11 +217,20 @@ class PruneSpace:
 
     def verify(self, compact: nn.Module, rtol: float = 1e-4, inputs: tuple[Any, ...] | None = None) -> float:
         """Max abs difference between the dense model and ``compact``; raises if above tolerance."""
-        dense = copy.deepcopy(self.model).eval()
-        small = copy.deepcopy(compact).eval()
+        dense = copy_module(self.model, "the model").eval()
+        small = copy_module(compact, "the compact model").eval()
         inputs = self.example_inputs if inputs is None else _as_input_tuple(inputs)
         with torch.no_grad():
-            y, y_small = dense(*inputs), small(*inputs)
+            try:
+                y = dense(*inputs, **{k: v for k, v in self.specialized_kwargs.items() if k not in self._positional(inputs)})
+            except Exception as exc:
+                raise InputError(f"verify: the dense model does not run on these inputs: {type(exc).__name__}: "
+                                 f"{_first_line(exc)}; pass inputs shaped like the example inputs") from exc
+            try:
+                y_small = small(*inputs)
+            except Exception as exc:
+                raise VerificationError(f"the constructed subnet does not run on inputs the dense model accepts: "
+                                        f"{type(exc).__name__}: {_first_line(exc)}; please report this model") from exc
         diff, scale = compare_outputs(y, y_small)
         if not diff <= rtol * max(1.0, scale):
             raise VerificationError(
@@ -232,4 +265,6 @@ def trace(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[Any] | N
     zigs = build_zigs(table)
     t3 = time.perf_counter()
     timings.update(trace=t1 - t0, shapes=t2 - t1, channels=t3 - t2, total=t3 - t0)
-    return PruneSpace(model, gm, inputs, table, zigs, timings)
+    space = PruneSpace(model, gm, inputs, table, zigs, timings)
+    space.specialized_kwargs = specialized_keywords(model, concrete_args, len(inputs))
+    return space

@@ -2,14 +2,39 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import traceback
 from typing import Any, Iterable
 
 import torch.fx as fx
 from torch import nn
 
-from .errors import TraceError
+from passes.aliasing import AUGMENTED, AUGMENTED_KEY, restore_in_place_updates
+
+from .errors import InputError, TraceError
+from .rules import RULES
 from .transformer_tracing import TRACEABLE_FORWARDS
+
+
+class _AugmentedAssignProxy(fx.Proxy):
+    """A Proxy that remembers ``y += x`` was written in place.
+
+    FX's Proxy has no ``__iadd__``, so Python falls back to ``y = y + x``; the node is the
+    same, marked with the in-place operator it stands for (see passes/aliasing.py).
+    """
+
+
+def _augmented(out_of_place, in_place):
+    def method(self, other):
+        result = self.tracer.create_proxy("call_function", out_of_place, (self, other), {})
+        result.node.meta[AUGMENTED_KEY] = in_place
+        return result
+
+    return method
+
+
+for _name, (_out_of_place, _in_place) in AUGMENTED.items():
+    setattr(_AugmentedAssignProxy, f"__{_name}__", _augmented(_out_of_place, _in_place))
 
 
 class _LeafTracer(fx.Tracer):
@@ -23,6 +48,9 @@ class _LeafTracer(fx.Tracer):
         super().__init__()
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _AugmentedAssignProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self._leaf_names or (self._leaf_types and isinstance(m, self._leaf_types)):
@@ -52,6 +80,22 @@ def _split_leaves(leaf_modules: Iterable[Any] | None) -> tuple[tuple[type, ...],
     return tuple(types), frozenset(names)
 
 
+def _check_concrete_args(model: nn.Module, concrete_args: dict[str, Any] | None) -> None:
+    """Every key names a parameter of ``model.forward`` (FX would ignore a misspelt one)."""
+    if concrete_args is None:
+        return
+    if not isinstance(concrete_args, dict):
+        raise TypeError(f"concrete_args must be a dict of forward() argument names to values, "
+                         f"got {type(concrete_args).__name__}")
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in concrete_args if k not in params]
+    if unknown:
+        raise InputError(f"concrete_args names {unknown}, which {type(model).__name__}.forward does not take; "
+                         f"its arguments are {list(params)}")
+
+
 def _user_frame(exc: BaseException) -> str:
     """The innermost traceback frame outside torch and fxprune: the user's code that failed."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -70,6 +114,7 @@ def symbolic_trace(
     """Trace ``model`` into a GraphModule that shares (never copies or mutates) its modules."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"fxprune.trace expects an nn.Module, got {type(model).__name__}")
+    _check_concrete_args(model, concrete_args)
     types, names = _split_leaves(leaf_modules)
     tracer = _LeafTracer(types, names)
     try:
@@ -83,5 +128,45 @@ def symbolic_trace(
             "without looking inside (its channels then become unprunable), or fix data-dependent "
             "control flow with concrete_args={'flag': value}."
         ) from exc
-    name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    _default_to_concrete_args(gm, model, concrete_args)
+    restore_in_place_updates(gm, lambda node: RULES.lookup(node, gm) is not None)
+    return gm
+
+
+def _default_to_concrete_args(gm: fx.GraphModule, model: nn.Module, concrete_args: dict[str, Any] | None) -> None:
+    """Make each specialised argument default to the value it was traced with.
+
+    FX keeps such an argument as an input (with the forward's own default) and asserts that
+    the value passed equals the traced one, so calling the graph with the example inputs alone
+    would fail the assertion; the compact model is then callable like the dense one.
+    """
+    if not concrete_args:
+        return
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in kinds]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(names) != len(placeholders):
+        return  # (*args / **kwargs in the signature: leave the graph as FX made it)
+    changed = False
+    for name, node in zip(names, placeholders):
+        if name in concrete_args and _plain_constant(concrete_args[name]):
+            node.args = (concrete_args[name],)
+            changed = True
+    if changed:
+        gm.recompile()
+
+
+def specialized_keywords(model: nn.Module, concrete_args: dict[str, Any] | None, num_positional: int) -> dict[str, Any]:
+    """The concrete arguments (plain constants) the example inputs do not already pass by position."""
+    if not concrete_args:
+        return {}
+    names = list(inspect.signature(model.forward).parameters)
+    given = set(names[:num_positional])
+    return {k: v for k, v in concrete_args.items() if k not in given and _plain_constant(v)}
+
+
+def _plain_constant(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain_constant(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))

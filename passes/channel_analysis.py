@@ -6,7 +6,6 @@ barriers with their reasons, and the parameter slices each atom owns).
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,9 @@ from torch import nn
 from fxprune.labels import DimLabel, SizeTaint, TensorLabels
 from fxprune.layout import BUFFER, CONSUMER, PRODUCER
 from fxprune.rules import RULES
+from fxprune.rules.registry import hidden_behaviour
 
+from .aliasing import AliasClasses, aliased_inputs, mutated_input, read_after
 from .module_walk import walk_modules
 
 META_KEY = "fxprune.channels"
@@ -266,9 +267,16 @@ def describe_node(gm: fx.GraphModule, node: fx.Node, module: nn.Module | None = 
 
 def unknown_op(ctx: AnalysisContext, node: fx.Node) -> Any:
     """Barrier: every channel that touches an op without a rule becomes unprunable."""
-    reason = f"no channel rule for {ctx.describe(node)}"
+    hidden = hidden_behaviour(ctx.module(node)) if node.op == "call_module" else None
+    reason = f"{ctx.describe(node)} {hidden}" if hidden else f"no channel rule for {ctx.describe(node)}"
     ctx.block_value(ctx.value(node.args), reason)
     ctx.block_value(ctx.value(node.kwargs), reason)
+    if node.op == "call_module":
+        # The module keeps its tensors whole; one it shares with a traced op must not be sliced there.
+        prefix = node.target + "."
+        for name, tensor in ctx.module(node).state_dict(keep_vars=True).items():
+            for dim in range(tensor.dim()):
+                ctx.block_if_shared(prefix + name, dim, node)
     return blank_like(node.meta.get("val"))
 
 
@@ -300,39 +308,6 @@ def _output(ctx: AnalysisContext, node: fx.Node) -> Any:
     return None
 
 
-_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_}
-_NOT_MUTATING_METHODS = {"requires_grad_", "retain_grad"}
-
-
-def _mutated_input(ctx: AnalysisContext, node: fx.Node) -> fx.Node | None:
-    """The argument an in-place op writes to (``x.add_(y)``, ``x += y``, ``ReLU(inplace=True)``)."""
-    if not node.args or not isinstance(node.args[0], fx.Node):
-        return None
-    if node.op == "call_method" and node.target.endswith("_") and node.target not in _NOT_MUTATING_METHODS:
-        return node.args[0]
-    if node.op == "call_function" and (node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace") is True):
-        return node.args[0]
-    # Read the instance dict: nn.Module.__getattr__ would build an AttributeError for every module
-    # without the attribute, which costs more than the rest of this check.
-    if node.op == "call_module" and vars(ctx.module(node)).get("inplace", False) is True:
-        return node.args[0]
-    return None
-
-
-_VIEW_METHODS = {"view", "reshape", "transpose", "permute", "flatten", "squeeze", "unsqueeze", "expand", "narrow",
-                 "t", "unflatten", "view_as", "as_strided", "split", "chunk", "unbind", "swapaxes", "swapdims",
-                 "movedim", "expand_as", "diagonal", "select", "contiguous"}
-
-
-def _is_view(node: fx.Node) -> bool:
-    if node.op == "call_method":
-        return node.target in _VIEW_METHODS
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return node.target is operator.getitem or name in _VIEW_METHODS
-    return False
-
-
 def _changes_zeros(before: Any, after: TensorLabels) -> bool:
     if not isinstance(before, TensorLabels):
         return True
@@ -345,7 +320,9 @@ def _changes_zeros(before: Any, after: TensorLabels) -> bool:
 def analyze_channels(gm: fx.GraphModule) -> AtomTable:
     """Run every node's rule in topological order; return the atom table."""
     ctx = AnalysisContext(gm)
+    aliases = AliasClasses()
     for node in gm.graph.nodes:
+        mutated = None
         if node.op == "placeholder":
             result = blank_like(node.meta.get("val"))  # the input interface is never pruned
         elif node.op == "get_attr":
@@ -355,13 +332,23 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
         else:
             rule = RULES.lookup(node, gm, ctx.module(node) if node.op == "call_module" else None)
             result = unknown_op(ctx, node) if rule is None else rule.analyze(ctx, node)
+            mutated = mutated_input(node, ctx.module)
+            aliases.add(node, aliased_inputs(node, ctx.module, rule is None, mutated))
         ctx.env[node] = result
         node.meta[META_KEY] = result
-        mutated = _mutated_input(ctx, node)
         if mutated is not None and isinstance(result, TensorLabels):
-            if _is_view(mutated) and _changes_zeros(ctx.env.get(mutated), result):
-                # the write also lands in the tensor this is a view of, which fxprune does not follow
-                ctx.block_value(result, f"{ctx.describe(node)} writes in place into a view")
+            if _changes_zeros(ctx.env.get(mutated), result):
+                # The write lands in one storage: every other name for it still carries the labels
+                # from before the write.  A name that is read afterwards cannot be followed.
+                others = [a for a in aliases.members(mutated) if a is not mutated and a is not node]
+                stale = read_after(others, node, ctx.codes)
+                if stale:
+                    reason = (f"{ctx.describe(node)} writes in place into a tensor that "
+                              f"{ctx.describe(stale[0])} also refers to, and that is read afterwards")
+                    ctx.block_value(result, reason)
+                    ctx.block_value(ctx.env.get(mutated), reason)
+                    for a in stale:
+                        ctx.block_value(ctx.env.get(a), reason)
             ctx.env[mutated] = result  # later readers of the mutated tensor see the op's output
     _block_unclaimed(ctx.atoms)
     for pd in ctx.atoms.param_dims.values():

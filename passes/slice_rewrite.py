@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from fxprune.errors import InputError
 from fxprune.labels import DimLabel, TensorLabels
 from fxprune.rules import RULES
 
@@ -104,7 +105,7 @@ def _copy_root(gm: fx.GraphModule, replacements: dict[int, torch.Tensor]) -> nn.
             memo[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else new
     root = nn.Module()
     for name, child in gm.named_children():
-        root.add_module(name, copy.deepcopy(child, memo))
+        root.add_module(name, copy_module(child, name, memo))
     for name, p in gm.named_parameters(recurse=False):
         root.register_parameter(name, copy.deepcopy(p, memo))
     for name, b in gm.named_buffers(recurse=False):
@@ -114,6 +115,20 @@ def _copy_root(gm: fx.GraphModule, replacements: dict[int, torch.Tensor]) -> nn.
             value = getattr(gm, node.target)
             setattr(root, node.target, value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value))
     return root
+
+
+def copy_module(module: nn.Module, name: str, memo: dict | None = None) -> nn.Module:
+    """``copy.deepcopy(module)``, with an error that says what to do when a module cannot be copied."""
+    try:
+        return copy.deepcopy(module, memo)
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"fxprune copies the model's modules to build the compact one, and '{name}' ({type(module).__name__}) "
+            f"cannot be copied: {first_line}. A module that keeps a tensor computed in its forward (the old "
+            "torch.nn.utils.weight_norm does) cannot be deep-copied: use torch.nn.utils.parametrizations.weight_norm, "
+            "or torch.nn.utils.remove_weight_norm(module) before pruning."
+        ) from exc
 
 
 def sliced_tensors(gm: fx.GraphModule, table: AtomTable, removed_atom: np.ndarray) -> dict[int, torch.Tensor]:

@@ -84,8 +84,10 @@ def _hardtanh(ctx, node):
 @RULES.function(torch.clamp, torch.clip)
 @RULES.method("clamp", "clip", "clamp_", "clip_")
 def _clamp(ctx, node):
-    mode = _range_mode(ctx.arg(node, 1, "min"), ctx.arg(node, 2, "max"))
-    return elementwise(ctx, node, [ctx.value(node.args[0])], mode)
+    lo, hi = ctx.arg(node, 1, "min"), ctx.arg(node, 2, "max")
+    # Tensor bounds broadcast against x like a second operand: their channels are x's channels.
+    bounds = [ctx.value(b) for b in (lo, hi) if isinstance(b, torch.fx.Node)]
+    return elementwise(ctx, node, [ctx.value(node.args[0])] + bounds, _range_mode(lo, hi))
 
 
 @RULES.module(nn.PReLU)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
+from torch.nn.modules import module as _global_hooks
+from torch.nn.utils import parametrize
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,10 @@ class RuleRegistry:
         if node.op == "call_method":
             return self.methods.get(node.target)
         if node.op == "call_module":
-            cls = type(module if module is not None else root.get_submodule(node.target))
+            module = module if module is not None else root.get_submodule(node.target)
+            if hidden_behaviour(module) is not None:
+                return None
+            cls = type(module)
             if cls not in self._by_class:
                 self._by_class[cls] = self._inherited_rule(cls)
             return self._by_class[cls]
@@ -83,6 +88,22 @@ class RuleRegistry:
 
 
 RULES = RuleRegistry()
+
+
+def hidden_behaviour(module: nn.Module) -> str | None:
+    """Why a call of ``module`` may compute more than its class's forward, or None.
+
+    Forward hooks and pre-hooks (the module's own or global ones) run around the forward
+    and can change inputs and outputs; a parametrized tensor (``parametrizations.weight_norm``,
+    ``spectral_norm``) is computed from other parameters on every access.  FX does not see
+    either, so such a module gets no rule: it is a barrier.
+    """
+    if module._forward_hooks or module._forward_pre_hooks or _global_hooks._global_forward_hooks \
+            or _global_hooks._global_forward_pre_hooks:
+        return "has forward hooks, which fxprune cannot see into"
+    if parametrize.is_parametrized(module):
+        return "has parametrized tensors (computed from other parameters on every access)"
+    return None
 
 
 def register_module_rule(module_class: type, analyze, rewrite=None) -> None:

@@ -32,6 +32,11 @@ def _concat_labels(parts: list[TensorLabels | None], shapes: list[tuple[int, ...
 
 def _tensor_list(ctx, node):
     tensors = ctx.arg(node, 0, "tensors")
+    if isinstance(tensors, fx.Node):  # the tuple a split/chunk/unbind returned, passed on whole
+        parts = ctx.value(tensors)
+        vals = tensors.meta["val"]
+        parts = list(parts) if isinstance(parts, (tuple, list)) else [None] * len(vals)
+        return tensors, [p if isinstance(p, TensorLabels) else None for p in parts], [tuple(v.shape) for v in vals]
     return tensors, [ctx.labels(t) for t in tensors], [tuple(t.meta["val"].shape) for t in tensors]
 
 
