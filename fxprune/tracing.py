@@ -35,6 +35,9 @@ def _augmented(out_of_place, in_place):
 
 for _name, (_out_of_place, _in_place) in AUGMENTED.items():
     setattr(_AugmentedAssignProxy, f"__{_name}__", _augmented(_out_of_place, _in_place))
+# Errors FX raises about proxies in user code ("'Proxy' object does not support item assignment")
+# should read as they do without fxprune.
+_AugmentedAssignProxy.__name__ = _AugmentedAssignProxy.__qualname__ = "Proxy"
 
 
 class _LeafTracer(fx.Tracer):
