@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import linecache
 import traceback
 from typing import Any, Iterable
 
@@ -99,14 +100,48 @@ def _check_concrete_args(model: nn.Module, concrete_args: dict[str, Any] | None)
                          f"its arguments are {list(params)}")
 
 
-def _user_frame(exc: BaseException) -> str:
-    """The innermost traceback frame outside torch and fxprune: the user's code that failed."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    for frame in reversed(frames):
-        path = frame.filename.replace("\\", "/")
+def _user_frame(exc: BaseException):
+    """The innermost traceback frame outside torch and fxprune (the user's code that failed):
+    ``(description, code object)``, or a note and None when every frame is torch's own."""
+    found = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        path = frame.f_code.co_filename.replace("\\", "/")
         if "/torch/" not in path and "/fxprune/" not in path:
-            return f'{frame.filename}:{frame.lineno} in {frame.name}: "{frame.line}"'
-    return "(no frame outside torch)"
+            found = (frame, lineno)
+    if found is None:
+        return "(no frame outside torch: torch.fx itself failed, e.g. on a decorated forward it cannot patch)", None
+    frame, lineno = found
+    line = (linecache.getline(frame.f_code.co_filename, lineno) or "").strip()
+    return f'{frame.f_code.co_filename}:{lineno} in {frame.f_code.co_name}: "{line}"', frame.f_code
+
+
+def _advice(model: nn.Module, code) -> str:
+    """What to try, depending on whose code failed: a submodule's forward, the root's, or a function."""
+    flow = "or fix data-dependent control flow with concrete_args={'flag': value}"
+    if code is None:
+        return f"call the model from a small wrapper nn.Module and trace the wrapper, {flow}."
+    for name, module in model.named_modules():
+        forward = getattr(type(module), "forward", None)
+        if forward is None:
+            continue
+        decorated = getattr(forward, "__code__", None) is code and inspect.unwrap(forward) is not forward
+        if not decorated and getattr(inspect.unwrap(forward), "__code__", None) is not code:
+            continue
+        where = f"a decorator on {type(module).__name__}.forward" if decorated else f"{type(module).__name__}.forward"
+        if name == "" and decorated:
+            return (f"the failing code is in {where}, the model you trace: trace a small wrapper nn.Module whose "
+                    f"forward calls the model with keyword arguments, {flow}.")
+        if name == "":
+            return (f"the failing code is in {where}, the model you trace, so no leaf can hide it: fix the value it "
+                    f"depends on with concrete_args={{'flag': value}}, or move the data-dependent part into a "
+                    f"submodule declared a leaf (leaf_modules=[...]) or a function registered with torch.fx.wrap.")
+        return (f"the failing code is in {where} ('{name}'): declare it a leaf "
+                f"(fxprune.trace(..., leaf_modules=[{type(module).__name__}] or ['{name}'])) so FX calls it without "
+                f"looking inside (its channels then become unprunable), {flow}.")
+    return (f"the failing code is in {code.co_name}(), a function the forward calls: register it with "
+            f"torch.fx.wrap('{code.co_name}') in its module so FX records one call (its channels then become "
+            f"unprunable), or declare the submodule that calls it a leaf (leaf_modules=[TheModuleClass or "
+            f"'qualified.name']), {flow}.")
 
 
 def symbolic_trace(
@@ -123,13 +158,11 @@ def symbolic_trace(
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # FX raises many types (TraceError, TypeError, RuntimeError...)
+        where, code = _user_frame(exc)
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}\n"
-            f"  failing code: {_user_frame(exc)}\n"
-            "  what to try: declare the submodule that holds this code a leaf "
-            "(fxprune.trace(..., leaf_modules=[TheModuleClass or 'qualified.name'])) so FX calls it "
-            "without looking inside (its channels then become unprunable), or fix data-dependent "
-            "control flow with concrete_args={'flag': value}."
+            f"  failing code: {where}\n"
+            f"  what to try: {_advice(model, code)}"
         ) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _default_to_concrete_args(gm, model, concrete_args)

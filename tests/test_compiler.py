@@ -147,8 +147,36 @@ class DataDependent(nn.Module):
 
 
 def test_untraceable_model_raises_trace_error_naming_the_code():
-    with pytest.raises(fxprune.TraceError, match=r"x.sum\(\) > 0[\s\S]*leaf_modules"):
+    with pytest.raises(fxprune.TraceError, match=r"x.sum\(\) > 0[\s\S]*DataDependent.forward, the model you trace"):
         fxprune.trace(DataDependent(), torch.randn(1, 3, 4, 4))
+
+
+def test_trace_error_in_a_submodule_names_it_as_the_leaf_to_declare():
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = DataDependent()
+
+        def forward(self, x):
+            return self.inner(x)
+
+    with pytest.raises(fxprune.TraceError, match=r"DataDependent.forward \('inner'\): declare it a leaf"):
+        fxprune.trace(Outer(), torch.randn(1, 3, 4, 4))
+
+
+def _branch_on_values(x):
+    if x.sum() > 0:
+        return x
+    return -x
+
+
+def test_trace_error_in_a_free_function_suggests_fx_wrap():
+    class CallsFunction(nn.Module):
+        def forward(self, x):
+            return _branch_on_values(x)
+
+    with pytest.raises(fxprune.TraceError, match=r"_branch_on_values\(\), a function the forward calls[\s\S]*fx.wrap"):
+        fxprune.trace(CallsFunction(), torch.randn(1, 3, 4, 4))
 
 
 def test_leaf_module_makes_it_traceable_and_unprunable():
