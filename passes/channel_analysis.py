@@ -350,27 +350,31 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
                     for a in stale:
                         ctx.block_value(ctx.env.get(a), reason)
             ctx.env[mutated] = result  # later readers of the mutated tensor see the op's output
-    _block_unclaimed(ctx.atoms)
+    _drop_unclaimed(ctx.atoms)
     for pd in ctx.atoms.param_dims.values():
         if pd.role is None:
             pd.role = PRODUCER
     return ctx.atoms
 
 
-def _block_unclaimed(table: AtomTable) -> None:
+def _drop_unclaimed(table: AtomTable) -> None:
     """A parameter dimension only ``get_attr`` touched, that no op coupled to anything, has no channel
-    meaning: removing its slices would change a shape nobody accounts for."""
+    meaning (a conv kernel's spatial dims when FX traces into a conv subclass): its slices are never
+    removed, and it is left out of the table rather than listed as a group of its own.  One that an op
+    blocked keeps its group, so the reason stays visible."""
     linked = np.zeros(table.count, dtype=bool)
     for a, b in table.edges:
         linked[a] = True
         linked[b] = True
+    for atoms, _ in table.blocks:
+        linked[atoms] = True
     # a dimension that adopted these atoms (``param_atoms(like=...)``) couples to them without an edge
     if table.param_dims:
         uses = np.bincount(np.concatenate([pd.atoms for pd in table.param_dims.values()]), minlength=table.count)
         linked |= uses > 1
-    for pd in table.param_dims.values():
-        if pd.role is None and not linked[pd.atoms].any():
-            table.block(pd.atoms, f"no op gives dimension {pd.dim} of '{pd.name}' a channel meaning")
+    unclaimed = [key for key, pd in table.param_dims.items() if pd.role is None and not linked[pd.atoms].any()]
+    for key in unclaimed:
+        del table.param_dims[key]
 
 
 __all__ = ["analyze_channels", "AnalysisContext", "AtomTable", "ParamDim", "META_KEY", "unknown_op", "blank_like", "fetch_attr"]

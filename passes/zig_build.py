@@ -204,6 +204,13 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     pairs = _distinct_by_array(dims.array_all * max(n_comp, 1) + dims.comp_all, dims.array_all)
     signature = reason_hash[reason_id + 1]
     np.add.at(signature, pairs % max(n_comp, 1), array_key[pairs // max(n_comp, 1)])  # uint64 wraps
+    # Atoms of no parameter dim (a dimension nothing gave a channel meaning, see channel_analysis)
+    # slice nothing: they form no group.
+    has_dim = np.zeros(n_comp, dtype=bool)
+    has_dim[dims.comp_all] = True
+    orphan = ~has_dim
+    if orphan.any():
+        signature[orphan] = rng.integers(0, 2**63 - 1, dtype=np.int64).astype(np.uint64)
     _, first, group_of = np.unique(signature, return_index=True, return_inverse=True)
     group_of = group_of.ravel()
     order = np.argsort(first, kind="stable")  # number groups in order of their first component
@@ -211,8 +218,13 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     rank[order] = np.arange(order.size)
     group_of = rank[group_of]
     n_groups = order.size
+    if orphan.any():
+        orphan_group = int(group_of[orphan][0])
+        group_of = np.where(orphan, -1, group_of - (group_of > orphan_group))
+        n_groups -= 1
 
     by_group = np.argsort(group_of, kind="stable")
+    by_group = by_group[group_of[by_group] >= 0]
     starts, ends = _runs(group_of[by_group])
 
     # one slice per (group, parameter dim), in parameter-dim creation (graph) order

@@ -400,3 +400,20 @@ def test_shape_propagation_records_every_node_output_included():
     assert all("val" in n.meta for n in nodes)
     out = nodes[-1].meta["val"]
     assert [tuple(t.shape) for t in out] == [(2, 4, 6, 6), (2, 4)]
+
+
+class SubclassedConv(nn.Conv2d):  # FX traces into it: F.conv2d on the stored weight and bias
+    pass
+
+
+def test_dimensions_no_op_gives_a_meaning_form_no_groups():
+    model = nn.Sequential(SubclassedConv(3, 8, 3), nn.ReLU(), SubclassedConv(8, 4, 3)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    space = fxprune.trace(model, x)
+    # the kernel dims (and the first conv's input channels) are no groups: every group slices something
+    assert [g.name for g in space.groups] == ["0.weight[dim 0]", "2.weight[dim 0]"]
+    assert all(g.slices for g in space.groups)
+    assert space.reasons_for("0.weight", 2) == ["not coupled to any channel (no rule gave this dimension a meaning)"] * 3
+    space.zero_random_groups(0.5, seed=0)
+    small = space.construct_subnet(verify=True)
+    assert small.get_parameter("0.weight").shape == (4, 3, 3, 3)
