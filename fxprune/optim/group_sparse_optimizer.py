@@ -102,6 +102,22 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         """Bool [num_zigs]: the groups this optimizer has marked to be driven to zero."""
         return self.held_zero.clone()
 
+    def frozen_zigs(self) -> torch.Tensor:
+        """Bool [num_zigs]: ZIGs with a producer slice in a parameter that does not require grad.
+
+        A frozen parameter is never changed (as with torch's optimizers), so its ZIGs are
+        never penalised, projected or marked.
+        """
+        frozen_slices = [s for s in self.zigs.slices if not s.param.requires_grad]
+        if not frozen_slices:
+            return torch.zeros(self.num_zigs, dtype=torch.bool)
+        row_frozen = torch.zeros(self.zigs.num_rows, dtype=torch.bool)
+        for s in frozen_slices:
+            row_frozen[s.offset : s.offset + s.length] = True
+        counts = torch.zeros(self.num_zigs + 1, dtype=torch.int64).index_add_(
+            0, self.zigs.row_zig(torch.device("cpu")), row_frozen.to(torch.int64))
+        return counts[: self.num_zigs] > 0
+
     # ----- the step -------------------------------------------------------------------
 
     @torch.no_grad()
@@ -137,12 +153,12 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             directions = []
             for p in self.zigs.params:
                 if p.grad is None:
-                    u = torch.zeros_like(p)  # no gradient: the group math sees a zero direction
+                    u = None  # no gradient: the group math sees a zero direction, the base rule skips it
                 else:
                     u = self._rule.direction(p, p.grad, self.state[p], group)
                 directions.append(u)
                 if modes is not None:  # right after u is computed, while p and u are still in cache
-                    self._sweeps.reduce(p, u, modes)
+                    self._sweeps.reduce(p, torch.zeros_like(p) if u is None else u, modes)
             if modes is not None:
                 stats = self._group_stats(self._sweeps.sums(device), need)
         update = self._decide(self.steps_taken, stats, lr, decay)

@@ -50,14 +50,15 @@ class HSPG(GroupSparseOptimizer):
     def _decide(self, step: int, stats: GroupStats | None, lr: float, decay: float) -> GroupUpdate:
         assert stats is not None
         xx, xu = stats.xx, stats.xu
-        lam = torch.full_like(xx, self.lmbda)
+        frozen = self.frozen_zigs().to(xx.device)  # never changed: no penalty, no projection
+        lam = torch.full_like(xx, self.lmbda).masked_fill(frozen, 0.0)
         factor = penalty_factor(xx, lam, lr, decay)  # 1 on zero groups: no subgradient there
         if step < self.warmup_steps:
             self._last_step = {"plan": "warmup"}
             return GroupUpdate(keep=torch.ones_like(xx), factor=factor)
 
         held = self.held_zero.to(xx.device) | (xx == 0)
-        leaving = leaves_half_space(xx, xu, factor, lr, decay, self.epsilon) & ~held
+        leaving = leaves_half_space(xx, xu, factor, lr, decay, self.epsilon) & ~held & ~frozen
         if self.max_zero_count is not None:
             leaving = self._apply_cap(leaving, held, trial_inner(xx, xu, factor, lr, decay) / xx.clamp_min(1e-300))
         held = held | leaving

@@ -98,8 +98,8 @@ def max_prunable(zig_group: torch.Tensor, width_multiple: int | None) -> int:
 
 
 def select_redundant(redundancy: torch.Tensor, zig_group: torch.Tensor, chosen: torch.Tensor,
-                     count: int, width_multiple: int | None) -> torch.Tensor:
-    """Pick up to ``count`` more ZIGs (bool mask, disjoint from ``chosen``), most redundant first.
+                     count: int, width_multiple: int | None, excluded: torch.Tensor | None = None) -> torch.Tensor:
+    """Pick up to ``count`` more ZIGs (bool mask, disjoint from ``chosen`` and ``excluded``), most redundant first.
 
     Ties are broken by ZIG id (stable sorts), so equal inputs give equal picks on every rank.
     """
@@ -117,7 +117,7 @@ def select_redundant(redundancy: torch.Tensor, zig_group: torch.Tensor, chosen: 
     first, can_lose = _chunk_plan(sizes, already, multiple)
 
     # Free channels ordered by (layer, redundancy descending, id): a layer's pruning order.
-    free = (~chosen).nonzero().squeeze(1)
+    free = (~chosen if excluded is None else ~chosen & ~excluded.cpu()).nonzero().squeeze(1)
     order = free[torch.sort(-redundancy[free], stable=True).indices]
     order = order[torch.sort(layer[order], stable=True).indices]
     lay = layer[order]

@@ -128,9 +128,10 @@ class RowSweeps:
 
     # ----- pass 2: the update ------------------------------------------------------------
 
-    def apply(self, directions: list[torch.Tensor], keep: torch.Tensor, factor: torch.Tensor | None,
+    def apply(self, directions: list[torch.Tensor | None], keep: torch.Tensor, factor: torch.Tensor | None,
               lr: float, decay: float) -> None:
-        """``x <- decay·F·x − lr·keep·u`` for every prunable parameter.
+        """``x <- decay·F·x − lr·keep·u`` for every prunable parameter (``x <- F·x`` where u is None:
+        a parameter without a gradient).
 
         ``keep`` and ``factor`` (F) are float64 ``[num_zigs + 1]`` (sentinel included) on the
         parameters' device; ``factor`` None means F = 1.
@@ -148,6 +149,10 @@ class RowSweeps:
         filled: set = set()
         for p, u in zip(zigs.params, directions):
             slices = zigs.slices_of[id(p)]
+            if u is None:  # no gradient: like torch, no base step (no decay); only the group factors act
+                if factor is not None and any(scaling[s.index] for s in slices):
+                    p.mul_(_product([_row_view(factor_rows, s) for s in slices]).to(p.dtype))
+                continue
             if len(slices) == 1:
                 s = slices[0]
                 key = (p.device, p.dtype)

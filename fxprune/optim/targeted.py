@@ -30,6 +30,17 @@ class TargetedGroupSparseOptimizer(GroupSparseOptimizer):
         self.target_zero_count = target_count(target_group_sparsity, self.num_zigs)
         limit = max_prunable(self.zigs.zig_group, width_multiple)
         check_capacity(target_group_sparsity, self.target_zero_count, limit, self.num_zigs, width_multiple)
+        frozen = self.frozen_zigs()
+        if bool(frozen.any()):  # can the target still be met without touching frozen parameters?
+            reachable = int(select_redundant(torch.zeros(self.num_zigs, dtype=torch.float64), self.zigs.zig_group,
+                                             torch.zeros_like(frozen), self.target_zero_count, width_multiple,
+                                             excluded=frozen).sum())
+            if reachable < self.target_zero_count:
+                raise ValueError(
+                    f"target_group_sparsity={target_group_sparsity} asks for {self.target_zero_count} zero ZIGs, but "
+                    f"{int(frozen.sum())} of {self.num_zigs} hold a parameter with requires_grad=False, which is never "
+                    f"changed, and the others allow {reachable}; unfreeze those parameters or lower the target."
+                )
         # Period in which each ZIG was marked redundant (-1: never): the G_p partition.
         self.marked_period = torch.full((self.num_zigs,), -1, dtype=torch.int64)
 
@@ -37,7 +48,16 @@ class TargetedGroupSparseOptimizer(GroupSparseOptimizer):
         """Mark the highest-``redundancy`` unmarked ZIGs until this period's cumulative count."""
         marked = self.marked_period >= 0
         wanted = self.schedule.cumulative_count(period, self.target_zero_count) - int(marked.sum())
-        picked = select_redundant(redundancy, self.zigs.zig_group, marked, wanted, self.width_multiple)
+        frozen = self.frozen_zigs()
+        picked = select_redundant(redundancy, self.zigs.zig_group, marked, wanted, self.width_multiple,
+                                  excluded=frozen if bool(frozen.any()) else None)
+        if bool(frozen.any()) and int(picked.sum()) < wanted:
+            raise ValueError(
+                f"{type(self).__name__} needs {wanted} more zero ZIGs in pruning period {period}, but only "
+                f"{int(picked.sum())} can be chosen: {int(frozen.sum())} of {self.num_zigs} ZIGs hold a parameter "
+                "with requires_grad=False, which is never changed. Unfreeze those parameters or lower "
+                "target_group_sparsity."
+            )
         picked = broadcast_from_rank0(picked, redundancy.device)  # every DDP rank marks the same ZIGs
         self.marked_period[picked] = period
 
