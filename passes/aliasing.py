@@ -87,16 +87,15 @@ def is_view(node: fx.Node) -> bool:
 def aliased_inputs(node: fx.Node, module_of: ModuleOf, unknown: bool, mutated: fx.Node | None) -> list[fx.Node]:
     """The inputs whose storage ``node``'s output may share (an op without a rule: all of them;
     an in-place op returns the tensor it wrote, ``mutated``)."""
-    inputs = node.all_input_nodes
-    if unknown or is_view(node):
-        return inputs
-    if node.op == "call_method" and node.target in _ALIASING_METHODS:
-        return inputs[:1]
-    if node.op == "call_function" and node.target in _ALIASING_FUNCTIONS:
-        return inputs
-    if node.op == "call_module" and isinstance(module_of(node), _ALIASING_MODULES):
-        return inputs
-    return [mutated] if mutated is not None else []
+    if mutated is not None:
+        return [mutated]
+    op = node.op
+    if unknown or is_view(node) or (op == "call_function" and node.target in _ALIASING_FUNCTIONS) \
+            or (op == "call_module" and isinstance(module_of(node), _ALIASING_MODULES)):
+        return node.all_input_nodes
+    if op == "call_method" and node.target in _ALIASING_METHODS:
+        return node.all_input_nodes[:1]
+    return []
 
 
 class AliasClasses:

@@ -333,14 +333,16 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
             rule = RULES.lookup(node, gm, ctx.module(node) if node.op == "call_module" else None)
             result = unknown_op(ctx, node) if rule is None else rule.analyze(ctx, node)
             mutated = mutated_input(node, ctx.module)
-            aliases.add(node, aliased_inputs(node, ctx.module, rule is None, mutated))
+            aliased = aliased_inputs(node, ctx.module, rule is None, mutated)
+            if aliased:
+                aliases.add(node, aliased)
         ctx.env[node] = result
         node.meta[META_KEY] = result
         if mutated is not None and isinstance(result, TensorLabels):
-            if _changes_zeros(ctx.env.get(mutated), result):
-                # The write lands in one storage: every other name for it still carries the labels
-                # from before the write.  A name that is read afterwards cannot be followed.
-                others = [a for a in aliases.members(mutated) if a is not mutated and a is not node]
+            # The write lands in one storage: every other name for it still carries the labels
+            # from before the write.  A name that is read afterwards cannot be followed.
+            others = [a for a in aliases.members(mutated) if a is not mutated and a is not node]
+            if others and _changes_zeros(ctx.env.get(mutated), result):
                 stale = read_after(others, node, ctx.codes)
                 if stale:
                     reason = (f"{ctx.describe(node)} writes in place into a tensor that "
@@ -362,6 +364,9 @@ def _drop_unclaimed(table: AtomTable) -> None:
     meaning (a conv kernel's spatial dims when FX traces into a conv subclass): its slices are never
     removed, and it is left out of the table rather than listed as a group of its own.  One that an op
     blocked keeps its group, so the reason stays visible."""
+    candidates = [key for key, pd in table.param_dims.items() if pd.role is None]
+    if not candidates:  # the common case: every dimension got a role from some rule
+        return
     linked = np.zeros(table.count, dtype=bool)
     for a, b in table.edges:
         linked[a] = True
@@ -372,7 +377,7 @@ def _drop_unclaimed(table: AtomTable) -> None:
     if table.param_dims:
         uses = np.bincount(np.concatenate([pd.atoms for pd in table.param_dims.values()]), minlength=table.count)
         linked |= uses > 1
-    unclaimed = [key for key, pd in table.param_dims.items() if pd.role is None and not linked[pd.atoms].any()]
+    unclaimed = [key for key in candidates if not linked[table.param_dims[key].atoms].any()]
     for key in unclaimed:
         del table.param_dims[key]
 

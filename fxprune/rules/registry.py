@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 from torch import nn
 from torch.nn.modules import module as _global_hooks
-from torch.nn.utils import parametrize
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,9 @@ def hidden_behaviour(module: nn.Module) -> str | None:
     if module._forward_hooks or module._forward_pre_hooks or _global_hooks._global_forward_hooks \
             or _global_hooks._global_forward_pre_hooks:
         return "has forward hooks, which fxprune cannot see into"
-    if parametrize.is_parametrized(module):
+    # parametrize.is_parametrized(module) reads the attribute through nn.Module.__getattr__, which
+    # builds an AttributeError for every module without it: look in the registered children instead.
+    if isinstance(module._modules.get("parametrizations"), nn.ModuleDict):
         return "has parametrized tensors (computed from other parameters on every access)"
     return None
 
