@@ -181,12 +181,10 @@ def test_old_weight_norm_gets_an_error_that_says_what_to_do():
         space.construct_subnet()
 
 
-class NegativeOrderNorm(nn.Module):
+class NegativeOrderNorm(TwoConvs):
     def __init__(self, order):
         super().__init__()
         self.order = order
-        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
-        self.c2 = nn.Conv2d(8, 4, 3, padding=1)
 
     def forward(self, x):
         h = self.c1(x)
@@ -208,12 +206,10 @@ def test_a_norm_of_non_negative_order_over_channels_stays_prunable(order):
     assert space.num_zigs == 8
 
 
-class CatOfSplitTuple(nn.Module):
+class CatOfSplitTuple(TwoConvs):
     def __init__(self, body):
         super().__init__()
         self.body = body
-        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
-        self.c2 = nn.Conv2d(8, 4, 3, padding=1)
 
     def forward(self, x):
         return self.c2(self.body(F.relu(self.c1(x))))
