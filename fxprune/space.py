@@ -1,7 +1,6 @@
 """PruneSpace: the analysed model — its groups, its ZIG layout — and construction of subnets."""
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any, Iterable
 
@@ -20,7 +19,7 @@ from passes.zig_build import Group, ZigIndex, build_zigs
 
 from .errors import InputError, VerificationError
 from .layout import ZigLayout
-from .tracing import specialized_keywords, symbolic_trace
+from .tracing import forward_parameters, specialized_keywords, symbolic_trace
 
 
 def _is_integer(value: Any) -> bool:
@@ -196,8 +195,8 @@ class PruneSpace:
 
     def _positional(self, inputs: tuple[Any, ...]) -> set[str]:
         """The forward arguments ``inputs`` fill by position."""
-        names = list(inspect.signature(self.model.forward).parameters)
-        return set(names[: len(inputs)])
+        params = forward_parameters(self.model)
+        return set(list(params)[: len(inputs)]) if params is not None else set()
 
     def _check_runs(self, compact: fx.GraphModule) -> None:
         """Always-on structural check: the compact graph runs on meta tensors of the example shapes."""

@@ -84,6 +84,14 @@ def _split_leaves(leaf_modules: Iterable[Any] | None) -> tuple[tuple[type, ...],
     return tuple(types), frozenset(names)
 
 
+def forward_parameters(model: nn.Module):
+    """The parameters of ``model.forward``'s signature, or None where Python cannot tell."""
+    try:
+        return inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+
+
 def _check_concrete_args(model: nn.Module, concrete_args: dict[str, Any] | None) -> None:
     """Every key names a parameter of ``model.forward`` (FX would ignore a misspelt one)."""
     if concrete_args is None:
@@ -91,7 +99,9 @@ def _check_concrete_args(model: nn.Module, concrete_args: dict[str, Any] | None)
     if not isinstance(concrete_args, dict):
         raise TypeError(f"concrete_args must be a dict of forward() argument names to values, "
                          f"got {type(concrete_args).__name__}")
-    params = inspect.signature(model.forward).parameters
+    params = forward_parameters(model)
+    if params is None:
+        return
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return
     unknown = [k for k in concrete_args if k not in params]
@@ -180,7 +190,10 @@ def _default_to_concrete_args(gm: fx.GraphModule, model: nn.Module, concrete_arg
     if not concrete_args:
         return
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    names = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in kinds]
+    params = forward_parameters(model)
+    if params is None:
+        return
+    names = [p.name for p in params.values() if p.kind in kinds]
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(names) != len(placeholders):
         return  # (*args / **kwargs in the signature: leave the graph as FX made it)
@@ -197,8 +210,10 @@ def specialized_keywords(model: nn.Module, concrete_args: dict[str, Any] | None,
     """The concrete arguments (plain constants) the example inputs do not already pass by position."""
     if not concrete_args:
         return {}
-    names = list(inspect.signature(model.forward).parameters)
-    given = set(names[:num_positional])
+    params = forward_parameters(model)
+    if params is None:
+        return {}
+    given = set(list(params)[:num_positional])
     return {k: v for k, v in concrete_args.items() if k not in given and _plain_constant(v)}
 
 
