@@ -29,6 +29,8 @@ DHSPG_CASES = [
     (dict(momentum=-0.9), "momentum must be >= 0"),
     (dict(nesterov=True), "nesterov=True needs momentum > 0"),
     (dict(variant="adam", betas=(0.9, 1.0)), r"betas\[1\] must be < 1"),
+    (dict(variant="adam", betas=0.9), r"betas must be a pair"),
+    (dict(lr=float("inf")), "lr must be a finite real number"),
     (dict(weight_decay=-1e-4), "weight_decay must be >= 0"),
     (dict(lmbda=-1.0), "lmbda must be >= 0"),
     (dict(hat_lmbda_coeff=0.5), "hat_lmbda_coeff must be >= 1"),
@@ -50,7 +52,7 @@ def test_dhspg_rejects_bad_hyper_parameters(kwargs, message):
     (dict(epsilon=1.2), "epsilon must be < 1"),
     (dict(warmup_steps=-3), "warmup_steps must be >= 0"),
     (dict(max_group_sparsity=1.5), "max_group_sparsity must be < 1"),
-    (dict(lmbda=float("nan")), "lmbda must be a real number"),
+    (dict(lmbda=float("nan")), "lmbda must be a finite real number"),
 ])
 def test_hspg_rejects_bad_hyper_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):

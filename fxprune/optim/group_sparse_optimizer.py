@@ -16,6 +16,7 @@ tensors live in row_sweeps.py (eager) and compiled_sweeps.py (opt-in, SGD only).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -73,6 +74,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self._sweeps = RowSweeps(self.zigs)
         self._stats_cache: tuple[torch.Tensor, list] | None = None  # (needed ZIGs, per-slice modes)
         self._compiled = CompiledSweeps(self.zigs) if compiled else None
+        self._warned_frozen = False
 
     def add_param_group(self, param_group: dict) -> None:
         if self.param_groups:
@@ -97,6 +99,9 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def _check_compatible(self, state: dict[str, Any]) -> None:
+        """Raise before anything is loaded if the saved state does not fit this optimizer."""
 
     def redundant_zigs(self) -> torch.Tensor:
         """Bool [num_zigs]: the groups this optimizer has marked to be driven to zero."""
@@ -127,6 +132,13 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         group = self.param_groups[0]
+        for p in group["params"]:
+            if p.grad is not None and p.grad.is_sparse:
+                raise ValueError(
+                    f"{type(self).__name__} got a sparse gradient for a parameter of shape {tuple(p.shape)} "
+                    "(nn.Embedding or nn.EmbeddingBag with sparse=True); its group step needs dense gradients: "
+                    "build the layer with sparse=False."
+                )
         # With no prunable parameters there is nothing to decide: the base rule is the whole step.
         plan = self._plan(self.steps_taken) if self.zigs.params else "plain"
         if plan == "plain":
@@ -142,6 +154,11 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
 
     def _group_step(self, group: dict, need_stats: bool) -> None:
         lr, decay = group["lr"], self._rule.decay(group)
+        if not self._warned_frozen and any(not p.requires_grad for p in self.zigs.params):
+            if bool((self.frozen_zigs() & self.redundant_zigs() & ~self.zero_zigs()).any()):
+                self._warned_frozen = True
+                warnings.warn(f"{type(self).__name__}: a parameter frozen after its ZIGs were marked is never "
+                              "changed, so those ZIGs cannot reach zero; unfreeze it to meet the target", stacklevel=3)
         device = self.zigs.params[0].device
         need = self._needed_zigs(self.steps_taken) if need_stats else None
         compiled = need_stats and self._compiled is not None and self._compiled.covers(self.variant, group, self.state)
@@ -241,7 +258,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        extra = {"num_zigs": self.num_zigs, "steps_taken": self.steps_taken, "held_zero": self.held_zero.clone()}
+        extra = {"num_zigs": self.num_zigs, "steps_taken": self.steps_taken, "held_zero": self.held_zero.clone(),
+                 "optimizer": type(self).__name__, "variant": self.variant}
         extra.update({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self._extra_state().items()})
         state[STATE_KEY] = extra
         return state
@@ -254,6 +272,24 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
                 f"This state dict has no {STATE_KEY!r} entry, so it was not saved by {type(self).__name__}; "
                 "load a state dict from optimizer.state_dict() of the same optimizer class."
             )
+        for key, mine in (("optimizer", type(self).__name__), ("variant", self.variant)):
+            if key in extra and extra[key] != mine:
+                raise ValueError(
+                    f"The state dict was saved by {extra.get('optimizer', '?')} with variant={extra.get('variant', '?')!r}; "
+                    f"this is {type(self).__name__} with variant={self.variant!r}. Resume with the optimizer and "
+                    "base rule the state was saved with."
+                )
+        self._check_compatible(extra)
+        params = self.param_groups[0]["params"]
+        for index, saved in state_dict.get("state", {}).items():
+            if not isinstance(index, int) or index >= len(params):
+                continue  # torch's own loader reports a parameter-count mismatch
+            for name, value in saved.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
+                    raise ValueError(
+                        f"The state dict holds {name} of shape {tuple(value.shape)} for parameter {index}, which "
+                        f"has shape {tuple(params[index].shape)}; resume into the model the state was saved from."
+                    )
         if extra["num_zigs"] != self.num_zigs:
             raise ValueError(
                 f"The state dict is for a layout with {extra['num_zigs']} ZIGs, this optimizer has {self.num_zigs}; "

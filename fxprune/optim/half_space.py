@@ -46,6 +46,8 @@ def adaptive_lambda(xx, xd, dd, lmbda: float, amplify: float, hat_coeff: float) 
 def penalty_factor(xx: torch.Tensor, lam: torch.Tensor, lr: float, decay: float) -> torch.Tensor:
     """f_g such that the penalised trial point is f_g·decay·x_g − lr·u_g (1 where x_g = 0)."""
     norm = xx.sqrt()
+    if decay == 0:  # AdamW with lr·weight_decay = 1 wipes x: the trial point is −lr·u whatever λ is
+        return torch.ones_like(xx)
     factor = 1.0 - lr * lam / (decay * norm.clamp_min(torch.finfo(norm.dtype).tiny))
     return torch.where(norm > 0, factor, torch.ones_like(factor))
 

@@ -148,6 +148,8 @@ class RowSweeps:
             scaling = zigs.slices_with(scale_rows != 1.0)
         filled: set = set()
         for p, u in zip(zigs.params, directions):
+            if not p.requires_grad:
+                continue  # frozen (even after its groups were marked): never changed
             slices = zigs.slices_of[id(p)]
             if u is None:  # no gradient: like torch, no base step (no decay); only the group factors act
                 if factor is not None and any(scaling[s.index] for s in slices):

@@ -6,6 +6,7 @@ how marked groups travel to zero.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -47,7 +48,16 @@ class TargetedGroupSparseOptimizer(GroupSparseOptimizer):
     def _mark_most_redundant(self, period: int, redundancy: torch.Tensor) -> None:
         """Mark the highest-``redundancy`` unmarked ZIGs until this period's cumulative count."""
         marked = self.marked_period >= 0
-        wanted = self.schedule.cumulative_count(period, self.target_zero_count) - int(marked.sum())
+        total = self.schedule.cumulative_count(period, self.target_zero_count)
+        wanted = total - int(marked.sum())
+        # Groups that are exactly zero already (a model pruned before, zero_groups_by_id) count first:
+        # left unmarked they could stay zero on their own and push the count past the target.
+        zero = self.zero_zigs() & ~marked
+        redundancy = torch.where(zero.to(redundancy.device), torch.full_like(redundancy, float("inf")), redundancy)
+        if int((zero | marked).sum()) > total:
+            warnings.warn(
+                f"{int(zero.sum())} unmarked ZIGs are already exactly zero, more than the {wanted} this pruning period "
+                f"marks; the zero count may end above the target ({self.target_zero_count})", stacklevel=4)
         frozen = self.frozen_zigs()
         picked = select_redundant(redundancy, self.zigs.zig_group, marked, wanted, self.width_multiple,
                                   excluded=frozen if bool(frozen.any()) else None)
@@ -72,7 +82,16 @@ class TargetedGroupSparseOptimizer(GroupSparseOptimizer):
         return out
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"marked_period": self.marked_period}
+        return {"marked_period": self.marked_period, "target_zero_count": self.target_zero_count,
+                "pruning_end_step": self.schedule.end}
+
+    def _check_compatible(self, state: dict[str, Any]) -> None:
+        for key, mine in (("target_zero_count", self.target_zero_count), ("pruning_end_step", self.schedule.end)):
+            if key in state and state[key] != mine:
+                raise ValueError(
+                    f"The state dict was saved with {key}={state[key]}, this {type(self).__name__} has {mine}; "
+                    "resume with the target_group_sparsity and schedule the state was saved with."
+                )
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.marked_period = state["marked_period"].cpu()

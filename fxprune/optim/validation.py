@@ -16,8 +16,8 @@ def _fail(what: str, got, hint: str) -> None:
 
 
 def check_real(name: str, value, *, low=None, high=None, low_open=False, high_open=False, hint=""):
-    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(value):
-        _fail(f"{name} must be a real number", value, hint)
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        _fail(f"{name} must be a finite real number", value, hint)
     if low is not None and (value < low or (low_open and value == low)):
         _fail(f"{name} must be {'>' if low_open else '>='} {low}", value, hint)
     if high is not None and (value > high or (high_open and value == high)):
@@ -43,7 +43,7 @@ def check_base(variant, lr, momentum, dampening, weight_decay, nesterov, betas, 
             _fail("nesterov=True needs momentum > 0 and dampening = 0", (momentum, dampening),
                   "Set momentum (e.g. 0.9) and dampening=0, or nesterov=False.")
     else:
-        if len(tuple(betas)) != 2:
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             _fail("betas must be a pair (beta1, beta2)", betas, "For example betas=(0.9, 0.999).")
         for i, b in enumerate(betas):
             check_real(f"betas[{i}]", b, low=0, high=1, high_open=True, hint="Each beta must lie in [0, 1).")
