@@ -9,7 +9,9 @@ keeps at least one channel.  A layer's channels are pruned in "chunks" taken fro
 its most redundant end: the first chunk has n mod N channels (N when that is 0),
 later chunks have N.  Chunks are ranked by their mean redundancy and taken
 greedily while they fit in the budget; the result is the largest greedy count
-≤ the requested one (never more), equal to it whenever the chunk sizes allow.
+≤ the requested one (never more).  It usually equals it, but not always: a greedy choice of
+first chunks can leave a remainder no chunk fits even where another choice would have
+hit the count exactly (the optimizers then warn).
 """
 from __future__ import annotations
 

@@ -68,6 +68,12 @@ class TargetedGroupSparseOptimizer(GroupSparseOptimizer):
                 "with requires_grad=False, which is never changed. Unfreeze those parameters or lower "
                 "target_group_sparsity."
             )
+        if self.width_multiple and int(picked.sum()) < wanted:
+            warnings.warn(
+                f"width_multiple={self.width_multiple}: pruning period {period} could mark only {int(picked.sum())} "
+                f"of the {wanted} ZIGs it asks for, so the zero count will end below the target "
+                f"({self.target_zero_count}); a target that fits whole chunks (multiples of width_multiple per layer) "
+                "avoids this", stacklevel=4)
         picked = broadcast_from_rank0(picked, redundancy.device)  # every DDP rank marks the same ZIGs
         self.marked_period[picked] = period
 
