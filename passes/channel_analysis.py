@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from fxprune.errors import InputError, TraceError
 from fxprune.labels import DimLabel, SizeTaint, TensorLabels
 from fxprune.layout import BUFFER, CONSUMER, PRODUCER
 from fxprune.rules import RULES
@@ -280,6 +281,38 @@ def unknown_op(ctx: AnalysisContext, node: fx.Node) -> Any:
     return blank_like(node.meta.get("val"))
 
 
+def _failed_rule(ctx: AnalysisContext, node: fx.Node, exc: Exception) -> Any:
+    """A barrier where a rule raised: the op's inputs and (for a module) all of its tensors stay whole."""
+    reason = f"the channel rule for {ctx.describe(node)} does not cover this call ({type(exc).__name__}: {exc})"
+    ctx.block_value(ctx.value(node.args), reason)
+    ctx.block_value(ctx.value(node.kwargs), reason)
+    if node.op == "call_module":
+        prefix = node.target + "."
+        for name, tensor in ctx.module(node).state_dict(keep_vars=True).items():
+            for dim in range(tensor.dim()):
+                ctx.atoms.block(ctx.param_atoms(prefix + name, dim, None), reason)
+    return blank_like(node.meta.get("val"))
+
+
+def _block_sizes_used(ctx: AnalysisContext, node: fx.Node) -> None:
+    """A channel count passed to an op whose rule does not rewrite sizes (a pooling kernel, an
+    interpolation size, a pad, a spatial slice bound) would change with the pruned width: the
+    channels it counts stay."""
+    for taint in _size_taints((ctx.value(node.args), ctx.value(node.kwargs))):
+        ctx.atoms.block(taint.atoms, f"a channel count is used as a size by {ctx.describe(node)}")
+
+
+def _size_taints(value: Any):
+    if isinstance(value, SizeTaint):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _size_taints(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _size_taints(v)
+
+
 def blank_like(val: Any) -> Any:
     if isinstance(val, torch.Tensor):
         return TensorLabels.blank(val.shape)
@@ -331,7 +364,18 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
             result = _output(ctx, node)
         else:
             rule = RULES.lookup(node, gm, ctx.module(node) if node.op == "call_module" else None)
-            result = unknown_op(ctx, node) if rule is None else rule.analyze(ctx, node)
+            if rule is None:
+                result = unknown_op(ctx, node)
+            else:
+                try:
+                    result = rule.analyze(ctx, node)
+                except (InputError, TraceError):
+                    raise
+                except Exception as exc:  # a call the rule does not cover (keyword inputs, a computed shape...)
+                    result = _failed_rule(ctx, node, exc)
+                else:
+                    if not getattr(rule.analyze, "handles_sizes", False):
+                        _block_sizes_used(ctx, node)
             mutated = mutated_input(node, ctx.module)
             aliased = aliased_inputs(node, ctx.module, rule is None, mutated)
             if aliased:

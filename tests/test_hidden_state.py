@@ -260,3 +260,29 @@ def test_bad_zig_ids_and_bad_verify_inputs_get_clear_errors():
     assert int(space.zero_zigs().sum()) == 2
     with pytest.raises(fxprune.InputError, match="dense model does not run"):
         space.verify(space.construct_subnet(), inputs=torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("body", [
+    lambda h: F.interpolate(h, size=(h.shape[1] * 2, h.shape[1] * 2)),
+    lambda h: F.adaptive_avg_pool2d(h, h.shape[1]),
+    lambda h: F.max_pool2d(h, h.shape[1] // 4),
+    lambda h: F.pad(h, (h.shape[1] // 4,) * 4)[..., 2:10, 2:10],
+    lambda h: F.pad(h[..., : h.shape[1]], (0, 8)),
+], ids=["interpolate-size", "adaptive-pool", "pool-kernel", "pad", "spatial-slice"])
+def test_a_channel_count_used_as_a_spatial_size_keeps_its_channels(body):
+    space, diff = _compact_and_compare(CatOfSplitTuple(body), torch.randn(2, 8, 16, 16))
+    assert diff < 1e-4
+    assert space.num_zigs == 0
+    assert any("channel count is used as" in (g.reason or "") for g in space.groups)
+
+
+class KeywordCalls(TwoConvs):
+    def forward(self, x):
+        h = F.relu(self.c1(input=x))  # a module called with a keyword input
+        return self.c2(F.layer_norm(h, h.shape[1:]))  # a normalized shape computed in the graph
+
+
+def test_calls_a_rule_does_not_cover_become_barriers_not_crashes():
+    space, diff = _compact_and_compare(KeywordCalls(), torch.randn(2, 8, 16, 16))
+    assert diff < 1e-4
+    assert any("does not cover this call" in (g.reason or "") for g in space.groups)

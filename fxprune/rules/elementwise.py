@@ -125,6 +125,7 @@ def _binary(mode):
         operands = [o if not isinstance(o, SizeTaint) else 1 for o in operands]
         return elementwise(ctx, node, operands, mode)
 
+    analyze.handles_sizes = True  # size arithmetic: the result carries the taint on
     return analyze
 
 
@@ -147,6 +148,9 @@ def _power_or_int(ctx, node):
         positive = isinstance(exponent, (int, float)) and exponent > 0
         return elementwise(ctx, node, [base], KEEP if positive else CONST)
     return elementwise(ctx, node, [base, exponent], CONST)
+
+
+_power_or_int.handles_sizes = True
 
 
 # Tensor comparisons align channels like any binary op; what a zeroed channel compares to is

@@ -77,8 +77,17 @@ def _functional_layer_norm(ctx, node):
     if not node.args or not stored_or_absent(*stored):
         return unknown_op(ctx, node)  # a computed scale or shift: nothing says how its entries couple
     weight, bias = (None if t is None else t.target for t in stored)
-    n = _normalized_count(ctx.arg(node, 1, "normalized_shape"))
+    shape = ctx.arg(node, 1, "normalized_shape")
+    if isinstance(shape, torch.fx.Node):  # e.g. x.shape[1:], computed in the graph: its length is its value's
+        shape = ctx.value(shape)
+        if not isinstance(shape, (tuple, list)):
+            return unknown_op(ctx, node)
+    n = _normalized_count(shape)
     return _layer_norm_channels(ctx, node, ctx.labels(node.args[0]), n, weight, bias)
+
+
+# (x.shape[-1],) as normalized_shape: the rewrite writes the statistics out with the dense entry count
+_functional_layer_norm.handles_sizes = True
 
 
 # ----- rewrite ------------------------------------------------------------------------------

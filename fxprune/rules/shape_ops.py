@@ -178,6 +178,7 @@ def _rewrite_reshape(rw, node):
         node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("size", "shape")}
 
 
+_reshape.handles_sizes = True  # channel-count sizes are rewritten (see _rewrite_reshape)
 RULES.method("view", "reshape", rewrite=_rewrite_reshape)(_reshape)
 RULES.function(torch.reshape, rewrite=_rewrite_reshape)(_reshape)
 
@@ -286,6 +287,7 @@ def _rewrite_expand(rw, node):
         node.args = (node.args[0], tuple(sizes))
 
 
+_expand.handles_sizes = True
 RULES.method("expand", rewrite=_rewrite_expand)(_expand)
 
 
