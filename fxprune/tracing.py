@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import inspect
 import linecache
 import traceback
@@ -13,6 +14,7 @@ from torch import nn
 from passes.aliasing import AUGMENTED, AUGMENTED_KEY, restore_in_place_updates
 
 from .errors import InputError, TraceError
+from .module_state import StateSnapshot
 from .rules import RULES
 from .transformer_tracing import TRACEABLE_FORWARDS
 
@@ -165,19 +167,34 @@ def symbolic_trace(
     _check_concrete_args(model, concrete_args)
     types, names = _split_leaves(leaf_modules)
     tracer = _LeafTracer(types, names)
+    snapshot = StateSnapshot(model)
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # FX raises many types (TraceError, TypeError, RuntimeError...)
+        snapshot.restore()
         where, code = _user_frame(exc)
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}\n"
             f"  failing code: {where}\n"
             f"  what to try: {_advice(model, code)}"
         ) from exc
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)  # takes what it needs before the restore
+    written = [name for name in snapshot.restore() if not _FX_CONSTANT.fullmatch(name)]
+    if written:
+        raise TraceError(
+            f"{type(model).__name__}'s forward writes module state ({', '.join(written[:5])}"
+            f"{', ...' if len(written) > 5 else ''}): torch.fx does not record such writes, so the traced graph "
+            "would not update it and later calls would differ. The model is left as it was. "
+            "What to try: trace in eval mode if the write happens only in training, or declare the submodule "
+            "that keeps the state a leaf (leaf_modules=[...]) so it runs as a whole."
+        )
     _default_to_concrete_args(gm, model, concrete_args)
     restore_in_place_updates(gm, lambda node: RULES.lookup(node, gm) is not None)
     return gm
+
+
+# Attributes FX itself puts on the root for tensor constants (the GraphModule keeps its own reference).
+_FX_CONSTANT = re.compile(r"_(tensor|param)_constant\d+")
 
 
 def _default_to_concrete_args(gm: fx.GraphModule, model: nn.Module, concrete_args: dict[str, Any] | None) -> None:

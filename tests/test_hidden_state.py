@@ -286,3 +286,48 @@ def test_calls_a_rule_does_not_cover_become_barriers_not_crashes():
     space, diff = _compact_and_compare(KeywordCalls(), torch.randn(2, 8, 16, 16))
     assert diff < 1e-4
     assert any("does not cover this call" in (g.reason or "") for g in space.groups)
+
+
+class CountsCalls(TwoConvs):
+    def __init__(self, in_place):
+        super().__init__()
+        self.in_place = in_place
+        self.register_buffer("count", torch.zeros(()))
+
+    def forward(self, x):
+        if self.in_place:
+            self.count.add_(1)
+        else:
+            self.count += 1
+        return self.c2(F.relu(self.c1(x)) * self.count)
+
+
+class RemembersLastMean(TwoConvs):
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        self.last_mean = h.detach().mean()  # an attribute written in the forward
+        return self.c2(h)
+
+
+@pytest.mark.parametrize("model", [CountsCalls(True), CountsCalls(False), RemembersLastMean()],
+                         ids=["buffer-add_", "buffer-+=", "attribute"])
+def test_a_forward_that_writes_module_state_is_refused_and_the_model_left_alone(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attributes = dict(vars(model))
+    with pytest.raises(fxprune.TraceError, match="writes module state"):
+        fxprune.trace(model, torch.randn(2, 8, 8, 8))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert dict(vars(model)).keys() == attributes.keys()
+    assert all(vars(model)[k] is v for k, v in attributes.items())
+
+
+def test_tensor_constants_fx_puts_on_the_root_are_not_left_on_the_model():
+    class Scaled(TwoConvs):
+        def forward(self, x):
+            return self.c2(F.relu(self.c1(x)) * torch.arange(8.0).view(1, 8, 1, 1))
+
+    model = Scaled().eval()
+    space = fxprune.trace(model, torch.randn(1, 8, 8, 8))
+    assert not [k for k in vars(model) if "constant" in k]
+    space.zero_random_groups(0.5, seed=0)
+    space.construct_subnet(verify=True)
