@@ -27,9 +27,15 @@ from .module_walk import walk_modules
 from .shape_memo import ShapeMemo, call_key
 
 
+def _defaulted_inputs(gm: fx.GraphModule) -> list[str]:
+    """Placeholders that default to None (optional forward arguments the example inputs may leave out)."""
+    return [n.target for n in gm.graph.nodes if n.op == "placeholder" and n.args == (None,)]
+
+
 class _FakeInterpreter(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, mode: FakeTensorMode):
         super().__init__(gm, garbage_collect_values=True)
+        self.extra_traceback = False  # our InputError names the node; no graph dump appended to it
         self.mode = mode
         self._fakes: dict[int, torch.Tensor] = {}
 
@@ -52,10 +58,15 @@ class _FakeInterpreter(fx.Interpreter):
         try:
             result = super().run_node(n)
         except Exception as exc:
+            optional = _defaulted_inputs(self.module)
+            hint = (f"; FX traced the optional inputs {optional} as if they were given (code such as "
+                    "`if mask is not None` took that branch): pass them, or fix them with "
+                    "concrete_args={'mask': None}") if optional else ""
             error = InputError(
                 f"running the model on the example inputs failed at graph node '{n.name}' "
-                f"({n.op} {getattr(n.target, '__name__', n.target)}): {type(exc).__name__}: {exc}\n"
-                "  check the example inputs' shapes, dtypes and count against what the model expects."
+                f"({n.op} {getattr(n.target, '__name__', n.target)}): {type(exc).__name__}: "
+                f"{(str(exc).strip().splitlines() or [''])[0]}\n"  # (not the interpreter's appended graph dump)
+                f"  check the example inputs' shapes, dtypes and count against what the model expects{hint}."
             )
             error.node_name = n.name  # for callers that check their own graphs (construct_subnet)
             raise error from exc

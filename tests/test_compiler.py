@@ -417,3 +417,23 @@ def test_dimensions_no_op_gives_a_meaning_form_no_groups():
     space.zero_random_groups(0.5, seed=0)
     small = space.construct_subnet(verify=True)
     assert small.get_parameter("0.weight").shape == (4, 3, 3, 3)
+
+
+class OptionalMask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x, mask=None):
+        y = self.conv(x)
+        if mask is not None:  # FX sees a Proxy here, never None
+            y = y * mask
+        return y
+
+
+def test_an_optional_input_left_out_gets_advice_to_fix_it_with_concrete_args():
+    with pytest.raises(fxprune.InputError, match=r"optional inputs \['mask'\][\s\S]*concrete_args") as info:
+        fxprune.trace(OptionalMask(), torch.randn(1, 3, 4, 4))
+    assert "While executing" not in str(info.value)  # no interpreter graph dump in the message
+    space = fxprune.trace(OptionalMask(), torch.randn(1, 3, 4, 4), concrete_args={"mask": None})
+    assert space.graph_module(torch.randn(1, 3, 4, 4)).shape == (1, 4, 4, 4)
