@@ -229,19 +229,24 @@ class AnalysisContext:
         return self.describe(node) if node is not None else "an op"
 
 
-def _iter_atoms(value: Any):
-    if isinstance(value, TensorLabels):
-        for lab in value.dims:
-            if lab is not None:
-                yield lab.atoms
-    elif isinstance(value, SizeTaint):
-        yield value.atoms
+def _labels_in(value: Any):
+    """Every TensorLabels and SizeTaint inside a (nested) argument value."""
+    if isinstance(value, (TensorLabels, SizeTaint)):
+        yield value
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _iter_atoms(v)
+            yield from _labels_in(v)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _iter_atoms(v)
+            yield from _labels_in(v)
+
+
+def _iter_atoms(value: Any):
+    for leaf in _labels_in(value):
+        if isinstance(leaf, SizeTaint):
+            yield leaf.atoms
+        else:
+            yield from (lab.atoms for lab in leaf.dims if lab is not None)
 
 
 def fetch_attr(root: nn.Module, target: str) -> Any:
@@ -270,27 +275,25 @@ def unknown_op(ctx: AnalysisContext, node: fx.Node) -> Any:
     """Barrier: every channel that touches an op without a rule becomes unprunable."""
     hidden = hidden_behaviour(ctx.module(node)) if node.op == "call_module" else None
     reason = f"{ctx.describe(node)} {hidden}" if hidden else f"no channel rule for {ctx.describe(node)}"
-    ctx.block_value(ctx.value(node.args), reason)
-    ctx.block_value(ctx.value(node.kwargs), reason)
-    if node.op == "call_module":
-        # The module keeps its tensors whole; one it shares with a traced op must not be sliced there.
-        prefix = node.target + "."
-        for name, tensor in ctx.module(node).state_dict(keep_vars=True).items():
-            for dim in range(tensor.dim()):
-                ctx.block_if_shared(prefix + name, dim, node)
-    return blank_like(node.meta.get("val"))
+    # The module keeps its tensors whole; one it shares with a traced op must not be sliced there.
+    return _barrier(ctx, node, reason, lambda name, dim: ctx.block_if_shared(name, dim, node))
 
 
 def _failed_rule(ctx: AnalysisContext, node: fx.Node, exc: Exception) -> Any:
     """A barrier where a rule raised: the op's inputs and (for a module) all of its tensors stay whole."""
     reason = f"the channel rule for {ctx.describe(node)} does not cover this call ({type(exc).__name__}: {exc})"
+    return _barrier(ctx, node, reason, lambda name, dim: ctx.atoms.block(ctx.param_atoms(name, dim, None), reason))
+
+
+def _barrier(ctx: AnalysisContext, node: fx.Node, reason: str, keep_tensor_dim) -> Any:
+    """Block the op's inputs; for a module call, ``keep_tensor_dim(name, dim)`` on each of its tensors."""
     ctx.block_value(ctx.value(node.args), reason)
     ctx.block_value(ctx.value(node.kwargs), reason)
     if node.op == "call_module":
         prefix = node.target + "."
         for name, tensor in ctx.module(node).state_dict(keep_vars=True).items():
             for dim in range(tensor.dim()):
-                ctx.atoms.block(ctx.param_atoms(prefix + name, dim, None), reason)
+                keep_tensor_dim(prefix + name, dim)
     return blank_like(node.meta.get("val"))
 
 
@@ -298,19 +301,8 @@ def _block_sizes_used(ctx: AnalysisContext, node: fx.Node) -> None:
     """A channel count passed to an op whose rule does not rewrite sizes (a pooling kernel, an
     interpolation size, a pad, a spatial slice bound) would change with the pruned width: the
     channels it counts stay."""
-    for taint in _size_taints((ctx.value(node.args), ctx.value(node.kwargs))):
+    for taint in (v for v in _labels_in((ctx.value(node.args), ctx.value(node.kwargs))) if isinstance(v, SizeTaint)):
         ctx.atoms.block(taint.atoms, f"a channel count is used as a size by {ctx.describe(node)}")
-
-
-def _size_taints(value: Any):
-    if isinstance(value, SizeTaint):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _size_taints(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _size_taints(v)
 
 
 def blank_like(val: Any) -> Any:
