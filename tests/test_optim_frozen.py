@@ -83,3 +83,23 @@ def test_a_prunable_parameter_without_a_gradient_is_not_decayed():
         assert opt.stats()["last_step"]["plan"] == "prune"
     for p, q in zip(model.parameters(), ref_params):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_freezing_after_construction_is_refused_before_the_step_touches_anything():
+    model = _net()
+    space = fxprune.trace(model, torch.randn(1, 3, 16, 16))
+    opt = fxprune.DHSPG(space, lr=0.05, momentum=0.9, target_group_sparsity=0.5, start_pruning_step=1,
+                        pruning_steps=4)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    for p in model[0].parameters():
+        p.requires_grad_(False)  # now the target needs ZIGs that may not change
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="requires_grad=False"):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert opt.steps_taken == 1

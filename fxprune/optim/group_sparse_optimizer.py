@@ -100,6 +100,9 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
+    def _check_step(self, step: int) -> None:
+        """Raise if ``step`` cannot be taken as asked (checked before anything is updated)."""
+
     def _check_compatible(self, state: dict[str, Any]) -> None:
         """Raise before anything is loaded if the saved state does not fit this optimizer."""
 
@@ -139,6 +142,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
                     "(nn.Embedding or nn.EmbeddingBag with sparse=True); its group step needs dense gradients: "
                     "build the layer with sparse=False."
                 )
+        self._check_step(self.steps_taken)  # raises before any parameter or state is touched
         # With no prunable parameters there is nothing to decide: the base rule is the whole step.
         plan = self._plan(self.steps_taken) if self.zigs.params else "plain"
         if plan == "plain":

@@ -45,6 +45,29 @@ class TargetedGroupSparseOptimizer(GroupSparseOptimizer):
         # Period in which each ZIG was marked redundant (-1: never): the G_p partition.
         self.marked_period = torch.full((self.num_zigs,), -1, dtype=torch.int64)
 
+    def _check_step(self, step: int) -> None:
+        """At a period start, whether frozen parameters leave enough ZIGs to mark (before any update)."""
+        period = self.schedule.period_at(step)
+        if period is None or not self.schedule.is_period_start(step):
+            return
+        frozen = self.frozen_zigs()
+        if not bool(frozen.any()):
+            return
+        marked = self.marked_period >= 0
+        wanted = self.schedule.cumulative_count(period, self.target_zero_count) - int(marked.sum())
+        reachable = int(select_redundant(torch.zeros(self.num_zigs, dtype=torch.float64), self.zigs.zig_group,
+                                         marked, wanted, self.width_multiple, excluded=frozen).sum())
+        if reachable < wanted:
+            self._refuse_frozen(period, wanted, reachable, frozen)
+
+    def _refuse_frozen(self, period: int, wanted: int, reachable: int, frozen: torch.Tensor) -> None:
+        raise ValueError(
+            f"{type(self).__name__} needs {wanted} more zero ZIGs in pruning period {period}, but only "
+            f"{reachable} can be chosen: {int(frozen.sum())} of {self.num_zigs} ZIGs hold a parameter "
+            "with requires_grad=False, which is never changed. Unfreeze those parameters or lower "
+            "target_group_sparsity."
+        )
+
     def _mark_most_redundant(self, period: int, redundancy: torch.Tensor) -> None:
         """Mark the highest-``redundancy`` unmarked ZIGs until this period's cumulative count."""
         marked = self.marked_period >= 0
@@ -61,13 +84,8 @@ class TargetedGroupSparseOptimizer(GroupSparseOptimizer):
         frozen = self.frozen_zigs()
         picked = select_redundant(redundancy, self.zigs.zig_group, marked, wanted, self.width_multiple,
                                   excluded=frozen if bool(frozen.any()) else None)
-        if bool(frozen.any()) and int(picked.sum()) < wanted:
-            raise ValueError(
-                f"{type(self).__name__} needs {wanted} more zero ZIGs in pruning period {period}, but only "
-                f"{int(picked.sum())} can be chosen: {int(frozen.sum())} of {self.num_zigs} ZIGs hold a parameter "
-                "with requires_grad=False, which is never changed. Unfreeze those parameters or lower "
-                "target_group_sparsity."
-            )
+        if bool(frozen.any()) and int(picked.sum()) < wanted and not self.width_multiple:
+            self._refuse_frozen(period, wanted, int(picked.sum()), frozen)  # (_check_step normally catches it first)
         if self.width_multiple and int(picked.sum()) < wanted:
             warnings.warn(
                 f"width_multiple={self.width_multiple}: pruning period {period} could mark only {int(picked.sum())} "
