@@ -15,3 +15,10 @@ class InputError(FxpruneError, ValueError):
 
 class VerificationError(FxpruneError):
     """A constructed subnet does not compute what the group-sparse dense model computes."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none): the fact, without the
+    graph dumps and hints torch appends below it."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

@@ -17,7 +17,7 @@ from passes.slice_rewrite import build_compact, copy_module, rescue_empty_dims
 from passes.verify import compare_outputs
 from passes.zig_build import Group, ZigIndex, build_zigs
 
-from .errors import InputError, VerificationError
+from .errors import InputError, VerificationError, first_line
 from .layout import ZigLayout
 from .tracing import forward_parameters, specialized_keywords, symbolic_trace
 
@@ -28,11 +28,6 @@ def _is_integer(value: Any) -> bool:
         return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() \
             and value.dtype != torch.bool
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -204,10 +199,9 @@ class PruneSpace:
             propagate_shapes(compact, self.example_inputs)
         except Exception as exc:
             cause = exc.__cause__ or exc  # the op's own error, not the advice meant for bad user inputs
-            first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
             raise VerificationError(
                 f"the constructed subnet does not run on inputs shaped like the example inputs: node "
-                f"'{getattr(exc, 'node_name', '?')}' raises {type(cause).__name__}: {first_line}; this is a bug in fxprune's rules for this model, "
+                f"'{getattr(exc, 'node_name', '?')}' raises {type(cause).__name__}: {first_line(cause)}; this is a bug in fxprune's rules for this model, "
                 "please report it with the model"
             ) from exc
         finally:
@@ -224,12 +218,12 @@ class PruneSpace:
                 y = dense(*inputs, **{k: v for k, v in self.specialized_kwargs.items() if k not in self._positional(inputs)})
             except Exception as exc:
                 raise InputError(f"verify: the dense model does not run on these inputs: {type(exc).__name__}: "
-                                 f"{_first_line(exc)}; pass inputs shaped like the example inputs") from exc
+                                 f"{first_line(exc)}; pass inputs shaped like the example inputs") from exc
             try:
                 y_small = small(*inputs)
             except Exception as exc:
                 raise VerificationError(f"the constructed subnet does not run on inputs the dense model accepts: "
-                                        f"{type(exc).__name__}: {_first_line(exc)}; please report this model") from exc
+                                        f"{type(exc).__name__}: {first_line(exc)}; please report this model") from exc
         diff, scale = compare_outputs(y, y_small)
         if not diff <= rtol * max(1.0, scale):
             raise VerificationError(

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import functools
-import re
 import inspect
 import linecache
+import re
 import traceback
 from typing import Any, Iterable
 

@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 
-from fxprune.errors import InputError
+from fxprune.errors import InputError, first_line
 
 from . import fast_shapes
 from .channel_analysis import fetch_attr
@@ -65,7 +65,7 @@ class _FakeInterpreter(fx.Interpreter):
             error = InputError(
                 f"running the model on the example inputs failed at graph node '{n.name}' "
                 f"({n.op} {getattr(n.target, '__name__', n.target)}): {type(exc).__name__}: "
-                f"{(str(exc).strip().splitlines() or [''])[0]}\n"  # (not the interpreter's appended graph dump)
+                f"{first_line(exc)}\n"
                 f"  check the example inputs' shapes, dtypes and count against what the model expects{hint}."
             )
             error.node_name = n.name  # for callers that check their own graphs (construct_subnet)

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from fxprune.errors import InputError
+from fxprune.errors import InputError, first_line
 from fxprune.labels import DimLabel, TensorLabels
 from fxprune.rules import RULES
 
@@ -122,10 +122,9 @@ def copy_module(module: nn.Module, name: str, memo: dict | None = None) -> nn.Mo
     try:
         return copy.deepcopy(module, memo)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
             f"fxprune copies the model's modules to build the compact one, and '{name}' ({type(module).__name__}) "
-            f"cannot be copied: {first_line}. A module that keeps a tensor computed in its forward (the old "
+            f"cannot be copied: {first_line(exc) or type(exc).__name__}. A module that keeps a tensor computed in its forward (the old "
             "torch.nn.utils.weight_norm does) cannot be deep-copied: use torch.nn.utils.parametrizations.weight_norm, "
             "or torch.nn.utils.remove_weight_norm(module) before pruning."
         ) from exc
