@@ -188,10 +188,11 @@ class PruneSpace:
             self.verify(compact, rtol=rtol)
         return compact
 
-    def _positional(self, inputs: tuple[Any, ...]) -> set[str]:
-        """The forward arguments ``inputs`` fill by position."""
+    def _specialized_not_in(self, inputs: tuple[Any, ...]) -> dict[str, Any]:
+        """The specialised arguments ``inputs`` do not already fill by position."""
         params = forward_parameters(self.model)
-        return set(list(params)[: len(inputs)]) if params is not None else set()
+        given = set(list(params)[: len(inputs)]) if params is not None else set()
+        return {k: v for k, v in self.specialized_kwargs.items() if k not in given}
 
     def _check_runs(self, compact: fx.GraphModule) -> None:
         """Always-on structural check: the compact graph runs on meta tensors of the example shapes."""
@@ -215,7 +216,7 @@ class PruneSpace:
         inputs = self.example_inputs if inputs is None else _as_input_tuple(inputs)
         with torch.no_grad():
             try:
-                y = dense(*inputs, **{k: v for k, v in self.specialized_kwargs.items() if k not in self._positional(inputs)})
+                y = dense(*inputs, **self._specialized_not_in(inputs))
             except Exception as exc:
                 raise InputError(f"verify: the dense model does not run on these inputs: {type(exc).__name__}: "
                                  f"{first_line(exc)}; pass inputs shaped like the example inputs") from exc
@@ -259,5 +260,5 @@ def trace(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[Any] | N
     t3 = time.perf_counter()
     timings.update(trace=t1 - t0, shapes=t2 - t1, channels=t3 - t2, total=t3 - t0)
     space = PruneSpace(model, gm, inputs, table, zigs, timings)
-    space.specialized_kwargs = specialized_keywords(model, concrete_args, len(inputs))
+    space.specialized_kwargs = specialized_keywords(concrete_args)
     return space

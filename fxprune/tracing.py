@@ -223,15 +223,9 @@ def _default_to_concrete_args(gm: fx.GraphModule, model: nn.Module, concrete_arg
         gm.recompile()
 
 
-def specialized_keywords(model: nn.Module, concrete_args: dict[str, Any] | None, num_positional: int) -> dict[str, Any]:
-    """The concrete arguments (plain constants) the example inputs do not already pass by position."""
-    if not concrete_args:
-        return {}
-    params = forward_parameters(model)
-    if params is None:
-        return {}
-    given = set(list(params)[:num_positional])
-    return {k: v for k, v in concrete_args.items() if k not in given and _plain_constant(v)}
+def specialized_keywords(concrete_args: dict[str, Any] | None) -> dict[str, Any]:
+    """The concrete arguments that are plain constants (``verify`` passes those the inputs do not)."""
+    return {k: v for k, v in (concrete_args or {}).items() if _plain_constant(v)}
 
 
 def _plain_constant(value: Any) -> bool:

@@ -116,15 +116,10 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         A frozen parameter is never changed (as with torch's optimizers), so its ZIGs are
         never penalised, projected or marked.
         """
-        frozen_slices = [s for s in self.zigs.slices if not s.param.requires_grad]
-        if not frozen_slices:
+        if all(p.requires_grad for p in self.zigs.params):
             return torch.zeros(self.num_zigs, dtype=torch.bool)
-        row_frozen = torch.zeros(self.zigs.num_rows, dtype=torch.bool)
-        for s in frozen_slices:
-            row_frozen[s.offset : s.offset + s.length] = True
-        counts = torch.zeros(self.num_zigs + 1, dtype=torch.int64).index_add_(
-            0, self.zigs.row_zig(torch.device("cpu")), row_frozen.to(torch.int64))
-        return counts[: self.num_zigs] > 0
+        rows = [torch.full((1, s.length), float(not s.param.requires_grad)) for s in self.zigs.slices]
+        return self.zigs.sum_rows(rows, torch.device("cpu"))[0, : self.num_zigs] > 0
 
     # ----- the step -------------------------------------------------------------------
 

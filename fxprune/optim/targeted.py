@@ -33,9 +33,7 @@ class TargetedGroupSparseOptimizer(GroupSparseOptimizer):
         check_capacity(target_group_sparsity, self.target_zero_count, limit, self.num_zigs, width_multiple)
         frozen = self.frozen_zigs()
         if bool(frozen.any()):  # can the target still be met without touching frozen parameters?
-            reachable = int(select_redundant(torch.zeros(self.num_zigs, dtype=torch.float64), self.zigs.zig_group,
-                                             torch.zeros_like(frozen), self.target_zero_count, width_multiple,
-                                             excluded=frozen).sum())
+            reachable = self._reachable_without(frozen, torch.zeros_like(frozen), self.target_zero_count)
             if reachable < self.target_zero_count:
                 raise ValueError(
                     f"target_group_sparsity={target_group_sparsity} asks for {self.target_zero_count} zero ZIGs, but "
@@ -55,10 +53,14 @@ class TargetedGroupSparseOptimizer(GroupSparseOptimizer):
             return
         marked = self.marked_period >= 0
         wanted = self.schedule.cumulative_count(period, self.target_zero_count) - int(marked.sum())
-        reachable = int(select_redundant(torch.zeros(self.num_zigs, dtype=torch.float64), self.zigs.zig_group,
-                                         marked, wanted, self.width_multiple, excluded=frozen).sum())
+        reachable = self._reachable_without(frozen, marked, wanted)
         if reachable < wanted:
             self._refuse_frozen(period, wanted, reachable, frozen)
+
+    def _reachable_without(self, excluded: torch.Tensor, marked: torch.Tensor, wanted: int) -> int:
+        """How many of ``wanted`` more ZIGs the width rule lets us mark, none of them ``excluded``."""
+        return int(select_redundant(torch.zeros(self.num_zigs, dtype=torch.float64), self.zigs.zig_group, marked,
+                                    wanted, self.width_multiple, excluded=excluded).sum())
 
     def _refuse_frozen(self, period: int, wanted: int, reachable: int, frozen: torch.Tensor) -> None:
         raise ValueError(
