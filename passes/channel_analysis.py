@@ -241,6 +241,11 @@ def _labels_in(value: Any):
             yield from _labels_in(v)
 
 
+def size_taints_in(value: Any):
+    """Every SizeTaint (a number derived from channel counts) inside a (nested) argument value."""
+    return (leaf for leaf in _labels_in(value) if isinstance(leaf, SizeTaint))
+
+
 def _iter_atoms(value: Any):
     for leaf in _labels_in(value):
         if isinstance(leaf, SizeTaint):
@@ -301,7 +306,7 @@ def _block_sizes_used(ctx: AnalysisContext, node: fx.Node) -> None:
     """A channel count passed to an op whose rule does not rewrite sizes (a pooling kernel, an
     interpolation size, a pad, a spatial slice bound) would change with the pruned width: the
     channels it counts stay."""
-    for taint in (v for v in _labels_in((ctx.value(node.args), ctx.value(node.kwargs))) if isinstance(v, SizeTaint)):
+    for taint in size_taints_in((ctx.value(node.args), ctx.value(node.kwargs))):
         ctx.atoms.block(taint.atoms, f"a channel count is used as a size by {ctx.describe(node)}")
 
 
@@ -418,4 +423,4 @@ def _drop_unclaimed(table: AtomTable) -> None:
         del table.param_dims[key]
 
 
-__all__ = ["analyze_channels", "AnalysisContext", "AtomTable", "ParamDim", "META_KEY", "unknown_op", "blank_like", "fetch_attr"]
+__all__ = ["size_taints_in", "analyze_channels", "AnalysisContext", "AtomTable", "ParamDim", "META_KEY", "unknown_op", "blank_like", "fetch_attr"]

@@ -149,7 +149,9 @@ def _getitem(ctx, node):
     if isinstance(value, SizeTaint):
         return value
     x = value if isinstance(value, TensorLabels) else None
-    for taint in _index_taints(ctx.value(index)):  # x[..., :C]: the bound would follow the pruned width
+    from passes.channel_analysis import size_taints_in
+
+    for taint in size_taints_in(ctx.value(index)):  # x[..., :C]: the bound would follow the pruned width
         ctx.atoms.block(taint.atoms, f"a channel count is used as an index bound by {ctx.describe(node)}")
     if not ctx.is_tensor(node):
         return None
@@ -190,14 +192,6 @@ def _getitem(ctx, node):
         return TensorLabels.blank(out_shape)
     return TensorLabels(tuple(out_shape), tuple(lab if lab is None or lab.size == s else None
                                                 for lab, s in zip(dims, out_shape)))
-
-
-def _index_taints(index):
-    if isinstance(index, SizeTaint):
-        yield index
-    elif isinstance(index, (tuple, list)):
-        for item in index:
-            yield from _index_taints(item)
 
 
 _getitem.handles_sizes = True  # indexing a shape tuple passes its taint on; tensor index bounds are blocked above
