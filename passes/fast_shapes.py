@@ -202,11 +202,128 @@ def _flatten_output(args, kwargs) -> torch.Tensor | None:
     return _empty(shape, x.dtype)
 
 
+def _bind(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: dict) -> dict | None:
+    """``args``/``kwargs`` by parameter name, or None for an extra or unknown argument."""
+    if len(args) > len(names) or any(k not in names for k in kwargs):
+        return None
+    bound = dict(defaults)
+    bound.update(zip(names, args))
+    bound.update(kwargs)
+    return bound if all(n in bound for n in names) else None
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float)
+
+
+def _float_tensor(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) and v.is_floating_point()
+
+
+def _in_range(dim: Any, ndim: int) -> bool:
+    return type(dim) is int and -max(ndim, 1) <= dim < max(ndim, 1)
+
+
+def _normalize_output(args, kwargs) -> torch.Tensor | None:
+    b = _bind(args, kwargs, ("input", "p", "dim", "eps", "out"), dict(p=2.0, dim=1, eps=1e-12, out=None))
+    if b is None or not _float_tensor(b["input"]) or b["out"] is not None or b["input"].ndim == 0:
+        return None
+    if not (_is_number(b["p"]) and _is_number(b["eps"]) and _in_range(b["dim"], b["input"].ndim)):
+        return None
+    return _like(b["input"])
+
+
+def _functional_linear_output(args, kwargs) -> torch.Tensor | None:
+    b = _bind(args, kwargs, ("input", "weight", "bias"), dict(bias=None))
+    if b is None:
+        return None
+    x, w, bias = b["input"], b["weight"], b["bias"]
+    if not (_float_tensor(x) and _float_tensor(w) and x.ndim >= 1 and w.ndim == 2 and x.dtype == w.dtype):
+        return None
+    if x.shape[-1] != w.shape[1]:
+        return None
+    if bias is not None and not (_float_tensor(bias) and bias.dtype == x.dtype and tuple(bias.shape) == (w.shape[0],)):
+        return None
+    return _empty((*x.shape[:-1], w.shape[0]), x.dtype)
+
+
+def _clamp_output(args, kwargs) -> torch.Tensor | None:
+    b = _bind(args, kwargs, ("input", "min", "max"), dict(min=None, max=None))
+    if b is None or not _float_tensor(b["input"]) or (b["min"] is None and b["max"] is None):
+        return None
+    if not all(v is None or _is_number(v) for v in (b["min"], b["max"])):
+        return None
+    return _like(b["input"])
+
+
+def _one_bound(name: str):
+    def output(args, kwargs):
+        b = _bind(args, kwargs, ("input", name), {})
+        return _like(b["input"]) if b is not None and _float_tensor(b["input"]) and _is_number(b[name]) else None
+    return output
+
+
+def _roll_output(args, kwargs) -> torch.Tensor | None:
+    b = _bind(args, kwargs, ("input", "shifts", "dims"), dict(dims=None))
+    if b is None or not isinstance(b["input"], torch.Tensor):
+        return None
+    x, shifts, dims = b["input"], b["shifts"], b["dims"]
+    shifts = (shifts,) if type(shifts) is int else shifts
+    dims = () if dims is None else ((dims,) if type(dims) is int else dims)
+    if not isinstance(shifts, (tuple, list)) or not isinstance(dims, (tuple, list)) or not shifts:
+        return None
+    if not all(type(s) is int for s in shifts) or not all(_in_range(d, x.ndim) for d in dims):
+        return None
+    if len(dims) != len(shifts) and not (not dims and len(shifts) == 1):
+        return None
+    return _empty(x.shape, x.dtype)
+
+
+def _exp_output(args, kwargs) -> torch.Tensor | None:
+    b = _bind(args, kwargs, ("input",), {})
+    return _like(b["input"]) if b is not None and _float_tensor(b["input"]) else None
+
+
+def _masked_fill_output(args, kwargs) -> torch.Tensor | None:
+    b = _bind(args, kwargs, ("input", "mask", "value"), {})
+    if b is None or not _float_tensor(b["input"]) or not _is_number(b["value"]):
+        return None
+    x, mask = b["input"], b["mask"]
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.device != x.device:
+        return None
+    if _broadcast(tuple(x.shape), tuple(mask.shape)) != tuple(x.shape):
+        return None  # a mask larger than the tensor: the kernel raises
+    return _like(x)
+
+
+def _softmax_output(args, kwargs) -> torch.Tensor | None:
+    b = _bind(args, kwargs, ("input", "dim", "_stacklevel", "dtype"), dict(dim=None, _stacklevel=3, dtype=None))
+    if b is None or not _float_tensor(b["input"]) or b["dtype"] is not None or not _in_range(b["dim"], b["input"].ndim):
+        return None
+    return _like(b["input"])
+
+
 _FUNCTIONS: dict[Any, Callable[[tuple, dict], torch.Tensor | None]] = {
     torch.cat: _cat_output, torch.concat: _cat_output, torch.flatten: _flatten_output,
     F.adaptive_avg_pool2d: lambda a, k: _adaptive_avg_output(a[1] if len(a) > 1 else k.get("output_size"), a[0], 2)
     if a and isinstance(a[0], torch.Tensor) else None,
+    F.normalize: _normalize_output, F.linear: _functional_linear_output, torch.clamp: _clamp_output,
+    torch.clamp_min: _one_bound("min"), torch.clamp_max: _one_bound("max"), torch.roll: _roll_output,
+    torch.exp: _exp_output, torch.masked_fill: _masked_fill_output, F.softmax: _softmax_output,
 }
+# Tensor methods with the same signature as the function (self as the first argument).
+_METHOD_FUNCTIONS = {"clamp": _clamp_output, "clamp_min": _one_bound("min"), "clamp_max": _one_bound("max"),
+                     "roll": _roll_output, "exp": _exp_output, "masked_fill": _masked_fill_output,
+                     "softmax": lambda a, k: _softmax_output(*_method_softmax_args(a, k))}
+
+
+def _method_softmax_args(args, kwargs):
+    """``t.softmax(dim, dtype)`` as ``F.softmax``'s arguments (its third positional is ``_stacklevel``)."""
+    if len(args) > 3 or "_stacklevel" in kwargs:
+        return (None,), {}  # not a call the method accepts: no shortcut
+    if len(args) == 3:
+        return args[:2], {**kwargs, "dtype": args[2]}
+    return args, kwargs
 
 
 def function_output(target: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -228,4 +345,34 @@ def method_output(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
         return _elementwise(args, {}, in_place=name in _IN_PLACE)
     if name == "flatten":
         return _flatten_output(args, kwargs)
-    return None
+    rule = _METHOD_FUNCTIONS.get(name)
+    return rule(args, kwargs) if rule is not None else None
+
+
+# Tensor methods as a TorchFunctionMode sees them (``x + 1`` arrives as ``Tensor.add``), by name.
+_TENSOR_METHOD_NAMES: dict[Any, str] = {
+    getattr(torch.Tensor, name): name
+    for name in sorted(_ELEMENTWISE_METHODS | set(_METHOD_FUNCTIONS) | {"flatten"}) if hasattr(torch.Tensor, name)
+}
+_TENSOR_METHOD_NAMES.update({torch.Tensor.__rsub__: "sub", torch.Tensor.__rdiv__: "div",
+                             torch.Tensor.__rtruediv__: "div"})
+
+
+def op_output(func: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The meta output of a torch function or Tensor method call seen by a TorchFunctionMode, else None.
+
+    In-place methods return a new meta tensor of the target's shape: the caller returns the
+    target itself.
+    """
+    name = _TENSOR_METHOD_NAMES.get(func)
+    if name is not None:
+        return method_output(name, args, kwargs)
+    try:
+        return function_output(func, args, kwargs)
+    except TypeError:  # an unhashable callable
+        return None
+
+
+def is_in_place_method(func: Any) -> bool:
+    name = _TENSOR_METHOD_NAMES.get(func)
+    return name is not None and name.endswith("_")

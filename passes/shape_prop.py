@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 from fxprune.errors import InputError, first_line
@@ -87,6 +88,30 @@ def _run_for_real(fn, args, kwargs):
     with torch.no_grad():
         out = fn(*tree_map(to_real, args), **tree_map(to_real, kwargs))
     return tree_map(to_meta, out)
+
+
+class _FastShapeMode(TorchFunctionMode):
+    """Inside a leaf module or a wrapped function run on meta tensors: closed-form shapes for the
+    ops ``fast_shapes`` covers.  Meta kernels written in Python cost up to milliseconds per call
+    (``F.normalize``, ``clamp``, ``roll``); one window-attention function makes dozens of them."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _all_meta(args) and _all_meta(kwargs.values()):  # a real tensor is computed for real
+            out = fast_shapes.op_output(func, args, kwargs)
+            if out is not None:
+                return args[0] if fast_shapes.is_in_place_method(func) else out
+        return func(*args, **kwargs)
+
+
+def _all_meta(values) -> bool:
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            if v.device.type != "meta":
+                return False
+        elif isinstance(v, (list, tuple)) and not _all_meta(v):
+            return False
+    return True
 
 
 def _to_meta(t: torch.Tensor) -> torch.Tensor:
@@ -174,7 +199,8 @@ class _RecordingInterpreter:
         if target not in self._twins:
             self._twins[target] = _meta_module(module)
         try:
-            result = self._twins[target](*args, **kwargs)
+            with _FastShapeMode():
+                result = self._twins[target](*args, **kwargs)
         except Exception:  # e.g. a user leaf module that branches on values: run a copy for real
             result = _run_for_real(copy.deepcopy(module), args, kwargs)
         self._memo.store(key, result)
@@ -193,7 +219,8 @@ class _RecordingInterpreter:
         if result is not None:
             return result
         try:
-            result = target(*args, **kwargs)
+            with _FastShapeMode():
+                result = target(*args, **kwargs)
         except Exception:  # an fx.wrap-ed function that reads values
             result = _run_for_real(target, args, kwargs)
         if key is not None:

@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import fxprune  # noqa: F401  (imports the passes in dependency order)
 from passes import fast_shapes
+from passes.shape_prop import propagate_shapes
 
 
 def _meta(*shape, dtype=torch.float32):
@@ -131,3 +133,91 @@ def test_the_common_ops_take_the_shortcut():
     assert tuple(fast_shapes.function_output(operator.add, (x, _meta(4, 1, 1)), {}).shape) == (2, 4, 8, 8)
     assert tuple(fast_shapes.function_output(torch.cat, ([x, x], 1), {}).shape) == (2, 8, 8, 8)
     assert tuple(fast_shapes.method_output("flatten", (x, 1), {}).shape) == (2, 256)
+
+
+_BOOL_MASK = torch.empty(1, 3, 1, dtype=torch.bool, device="meta")
+
+
+@pytest.mark.parametrize("fn, args, kwargs", [
+    (F.normalize, (_meta(2, 3, 4),), {"dim": -1}),
+    (F.normalize, (_meta(2, 3, 4),), {"dim": 3}),  # out of range: the kernel raises
+    (F.normalize, (_meta(2, 3, 4), 1.0, 0), {}),
+    (F.linear, (_meta(2, 3, 4), _meta(5, 4)), {}),
+    (F.linear, (_meta(4), _meta(5, 4), _meta(5)), {}),
+    (F.linear, (_meta(2, 3, 4), _meta(5, 3)), {}),  # mismatched features
+    (F.linear, (_meta(2, 4), _meta(5, 4), _meta(4)), {}),  # mismatched bias
+    (torch.clamp, (_meta(2, 3),), {"max": 4.6}),
+    (torch.clamp, (_meta(2, 3), 0, 1),  {}),
+    (torch.clamp, (_meta(2, 3),), {}),  # no bound: the kernel raises
+    (torch.clamp_min, (_meta(2, 3), 1e-6), {}),
+    (torch.roll, (_meta(2, 5, 5, 3),), {"shifts": (-2, -2), "dims": (1, 2)}),
+    (torch.roll, (_meta(2, 5),), {"shifts": 1}),
+    (torch.roll, (_meta(2, 5),), {"shifts": (1, 2), "dims": (0,)}),  # mismatched lengths: the kernel raises
+    (torch.roll, (_meta(2, 5),), {"shifts": 1, "dims": 2}),  # out of range
+    (torch.exp, (_meta(2, 3),), {}),
+    (torch.masked_fill, (_meta(2, 3, 4), _BOOL_MASK, -100.0), {}),
+    (torch.masked_fill, (_meta(1, 3, 1), torch.empty(2, 3, 4, dtype=torch.bool, device="meta"), 0.0), {}),
+    (F.softmax, (_meta(2, 3),), {"dim": -1}),
+    (F.softmax, (_meta(2, 3),), {"dim": 1, "dtype": torch.float64}),  # dtype changes: left to the kernel
+])
+def test_function_shapes_of_attention_helpers_match_the_kernel(fn, args, kwargs):
+    _agrees(fast_shapes.function_output(fn, args, kwargs), lambda: fn(*args, **kwargs))
+
+
+@pytest.mark.parametrize("name, args", [
+    ("clamp", (_meta(2, 3), None, 1.0)),
+    ("clamp_max", (_meta(2, 3), 1.0)),
+    ("roll", (_meta(2, 3), 1, 1)),
+    ("exp", (_meta(2, 3),)),
+    ("masked_fill", (_meta(2, 3, 4), _BOOL_MASK, 0.0)),
+    ("softmax", (_meta(2, 3), 0)),
+    ("softmax", (_meta(2, 3), 0, torch.float64)),  # a positional dtype is honoured
+])
+def test_method_shapes_of_attention_helpers_match_the_kernel(name, args):
+    _agrees(fast_shapes.method_output(name, args, {}), lambda: getattr(args[0], name)(*args[1:]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=4), dims=st.lists(st.integers(-5, 4), max_size=3),
+       shifts=st.lists(st.integers(-3, 3), min_size=1, max_size=3), mask_shape=st.lists(st.integers(1, 4), max_size=4))
+def test_roll_and_masked_fill_shapes_match_the_kernel(shape, dims, shifts, mask_shape):
+    x = _meta(*shape)
+    _agrees(fast_shapes.function_output(torch.roll, (x, tuple(shifts), tuple(dims)), {}),
+            lambda: torch.roll(x, tuple(shifts), tuple(dims)))
+    mask = torch.empty(mask_shape, dtype=torch.bool, device="meta")
+    _agrees(fast_shapes.method_output("masked_fill", (x, mask, 1.0), {}), lambda: x.masked_fill(mask, 1.0))
+
+
+def _window_attention(x, weight, logit_scale, table):
+    """Python code of the kind fx.wrap-ped attention helpers hold; the index is built on the CPU."""
+    shifted = torch.roll(x, shifts=(-1, -1), dims=(1, 2)).flatten(1, 2)
+    q = F.normalize(F.linear(shifted, weight), dim=-1)
+    attn = (q @ q.transpose(-2, -1)) * torch.clamp(logit_scale, max=4.6).exp()
+    index = torch.arange(table.shape[0]).flip(0)  # a real tensor, computed for real inside the mode
+    attn = attn + table[index].sum() - 1
+    attn = attn.masked_fill(attn.new_zeros(attn.shape[-1]) != 0, -100.0).softmax(dim=-1)
+    return attn @ shifted
+
+
+torch.fx.wrap("_window_attention")
+
+
+class _WindowBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 6))
+        self.logit_scale = nn.Parameter(torch.zeros(1))
+        self.table = nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        return _window_attention(x, self.weight, self.logit_scale, self.table)
+
+
+def test_wrapped_functions_get_their_real_shapes_through_the_fast_mode():
+    model = _WindowBlock()
+    x = torch.randn(2, 3, 4, 6)
+    gm = torch.fx.symbolic_trace(model)
+    propagate_shapes(gm, (x,))
+    (call,) = [n for n in gm.graph.nodes if n.op == "call_function"]
+    assert call.meta["val"].device.type == "meta"
+    assert tuple(call.meta["val"].shape) == tuple(model(x).shape) == (2, 12, 6)
