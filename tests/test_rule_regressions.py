@@ -291,3 +291,33 @@ def test_functional_conv_with_a_computed_weight_is_a_barrier():
     w1 = next(g for g in space.groups if g.name == "b1[dim 0]")
     assert not w1.prunable and "conv2d" in w1.reason
     assert small.pre.out_channels < 6 and small.w2.shape[0] == 8
+
+
+class ViewAsConvInput(nn.Module):  # a 1-d conv over flattened pixels, viewed back to its input's shape
+    def __init__(self, untracked_other=False):
+        super().__init__()
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c1d = nn.Conv1d(8, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.untracked_other = untracked_other
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        shape_source = torch.cumsum(h, 1) if self.untracked_other else h  # cumsum has no channel rule
+        return self.c2(self.c1d(h.flatten(2)).view_as(shape_source))
+
+
+def test_view_as_prunes_both_sides_of_each_dim_together():
+    torch.manual_seed(0)
+    space, small = _prune_and_compare(ViewAsConvInput().eval(), torch.randn(1, 8, 6, 6), torch.randn(2, 8, 5, 7))
+    c1 = next(g for g in space.groups if g.name == "c1.weight[dim 0]")
+    assert c1.prunable and ("c1d.weight", 0) in {(s.name, s.dim) for s in c1.slices}
+    assert small.c1.out_channels == small.c1d.out_channels < 8
+
+
+def test_view_as_a_tensor_fxprune_cannot_follow_keeps_the_width():
+    torch.manual_seed(0)
+    space, small = _prune_and_compare(ViewAsConvInput(True).eval(), torch.randn(1, 8, 6, 6), torch.randn(2, 8, 5, 7))
+    c1d = next(g for g in space.groups if g.name == "c1d.weight[dim 0]")
+    assert not c1d.prunable and "view_as" in c1d.reason
+    assert small.c1d.out_channels == 8

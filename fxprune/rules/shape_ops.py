@@ -188,7 +188,24 @@ def _reshape_no_sizes(ctx, node):
 
 
 RULES.function(torch.flatten, torch.squeeze, torch.unsqueeze, torch.ravel)(_reshape_no_sizes)
-RULES.method("flatten", "squeeze", "unsqueeze", "ravel", "view_as", "reshape_as")(_reshape_no_sizes)
+RULES.method("flatten", "squeeze", "unsqueeze", "ravel")(_reshape_no_sizes)
+
+
+@RULES.method("view_as", "reshape_as")
+def _reshape_as(ctx, node):
+    """``x.view_as(other)``: the output takes ``other``'s run-time shape, so each output dim keeps
+    exactly as many channels as ``other``'s: both sides' channels there are pruned together, and a
+    channel facing an untracked dim on the other side stays."""
+    out = reshape_labels(ctx, node, ctx.labels(node.args[0]), ctx.out_shape(node))
+    other = ctx.labels(node.args[1])
+    reason = f"{ctx.describe(node)} gives its input the shape of a tensor whose channels fxprune cannot follow"
+    for d, lab in enumerate(out.dims):
+        other_lab = other.dims[d] if other is not None and d < other.ndim else None
+        if lab is not None and other_lab is not None:
+            ctx.atoms.unify(lab.atoms, other_lab.atoms, reason)
+        elif lab is not None or other_lab is not None:
+            ctx.atoms.block((lab or other_lab).atoms, reason)
+    return out
 RULES.module(nn.Flatten)(_reshape_no_sizes)
 
 
