@@ -351,7 +351,7 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
     """Run every node's rule in topological order; return the atom table."""
     ctx = AnalysisContext(gm)
     aliases = AliasClasses()
-    taints_made = False  # no channel count exists until some node computes one: nothing to check before
+    counting_nodes: set[fx.Node] = set()  # nodes whose value holds a channel count (a SizeTaint)
     for node in gm.graph.nodes:
         mutated = None
         if node.op == "placeholder":
@@ -372,7 +372,8 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
                 except Exception as exc:  # a call the rule does not cover (keyword inputs, a computed shape...)
                     result = _failed_rule(ctx, node, exc)
                 else:
-                    if taints_made and not getattr(rule.analyze, "handles_sizes", False):
+                    if counting_nodes and not getattr(rule.analyze, "handles_sizes", False) \
+                            and not counting_nodes.isdisjoint(node.all_input_nodes):
                         _block_sizes_used(ctx, node)
             mutated = mutated_input(node, ctx.module)
             aliased = aliased_inputs(node, ctx.module, rule is None, mutated)
@@ -380,8 +381,8 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
                 aliases.add(node, aliased)
         ctx.env[node] = result
         node.meta[META_KEY] = result
-        if not taints_made and result is not None and not isinstance(result, TensorLabels):
-            taints_made = any(True for _ in size_taints_in(result))
+        if result is not None and not isinstance(result, TensorLabels) and any(True for _ in size_taints_in(result)):
+            counting_nodes.add(node)
         if mutated is not None and isinstance(result, TensorLabels):
             # The write lands in one storage: every other name for it still carries the labels
             # from before the write.  A name that is read afterwards cannot be followed.
