@@ -18,6 +18,7 @@ from fxprune.errors import InputError, TraceError
 from fxprune.labels import DimLabel, SizeTaint, TensorLabels
 from fxprune.layout import BUFFER, CONSUMER, PRODUCER
 from fxprune.rules import RULES
+from fxprune.rules.common import call_arg
 from fxprune.rules.registry import hidden_behaviour
 
 from .aliasing import AliasClasses, aliased_inputs, mutated_input, read_after
@@ -129,10 +130,9 @@ class AnalysisContext:
             m = self._modules[node.target] = self.gm.get_submodule(node.target)
         return m
 
-    def arg(self, node: fx.Node, index: int, name: str, default: Any = None) -> Any:
-        if len(node.args) > index:
-            return node.args[index]
-        return node.kwargs.get(name, default)
+    @staticmethod
+    def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+        return call_arg(node, index, name, default)
 
     # -- parameters --------------------------------------------------------
     def _index_tensors(self) -> None:

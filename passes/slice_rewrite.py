@@ -19,6 +19,7 @@ from torch import nn
 from fxprune.errors import InputError, first_line
 from fxprune.labels import DimLabel, TensorLabels
 from fxprune.rules import RULES
+from fxprune.rules.common import call_arg
 
 from .channel_analysis import META_KEY, AtomTable, fetch_attr
 
@@ -61,9 +62,7 @@ class RewriteContext:
 
     @staticmethod
     def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
-        if len(node.args) > index:
-            return node.args[index]
-        return node.kwargs.get(name, default)
+        return call_arg(node, index, name, default)
 
 
 def _labels_in(value: Any):

@@ -3,6 +3,7 @@
 Each builds a small module with the pattern, zeroes ZIGs, constructs with verify=True
 and compares outputs on a batch size other than the traced one.
 """
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -321,3 +322,81 @@ def test_view_as_a_tensor_fxprune_cannot_follow_keeps_the_width():
     c1d = next(g for g in space.groups if g.name == "c1d.weight[dim 0]")
     assert not c1d.prunable and "view_as" in c1d.reason
     assert small.c1d.out_channels == 8
+
+
+class KeywordSpellings(nn.Module):
+    """Calls that name their operands (``other=``, ``input=``) or use NumPy's ``axis=``: torch accepts both."""
+
+    def __init__(self, variant):
+        super().__init__()
+        self.variant = variant
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(16 if variant in ("cat_axis", "stack_axis") else 8, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        v = self.variant
+        if v == "other_scalar":  # +1 on a zeroed channel enters the channel sum: blocked
+            h = h.add(other=1.0).sum(1, keepdim=True) * h
+        elif v == "input_other_scalar":
+            h = torch.add(input=h, other=1.0).sum(1, keepdim=True) * h
+        elif v == "other_residual":
+            h = torch.add(h, other=self.a(h))
+        elif v == "cat_axis":
+            h = torch.cat((self.a(h), h), axis=1)
+        elif v == "stack_axis":
+            h = torch.stack((self.a(h), h), axis=2).flatten(1, 2)
+        elif v == "chunk_axis":
+            h = torch.cat(torch.chunk(h, 2, axis=1)[::-1], 1)
+        elif v == "chunk_axis_sum":  # a channel sum of one chunk scales every channel (zeros add nothing)
+            h = h.chunk(2, axis=1)[1].sum(1, keepdim=True) * h
+        elif v == "tensor_split_axis":
+            h = torch.cat(torch.tensor_split(h, 2, axis=1)[::-1], 1)
+        return self.c2(h)
+
+
+PRUNABLE_SPELLINGS = {"other_residual": True, "cat_axis": True, "stack_axis": True, "chunk_axis": True,
+                      "tensor_split_axis": True, "chunk_axis_sum": True, "other_scalar": False,
+                      "input_other_scalar": False}
+
+
+@pytest.mark.parametrize("variant", sorted(PRUNABLE_SPELLINGS))
+def test_keyword_and_numpy_spellings_are_read_like_positional_ones(variant):
+    torch.manual_seed(0)
+    model = KeywordSpellings(variant)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    space, _ = _prune_and_compare(model.eval(), torch.randn(1, 8, 6, 6), torch.randn(2, 8, 5, 7))
+    c1 = next(g for g in space.groups if g.name == "c1.weight[dim 0]")
+    assert c1.prunable == PRUNABLE_SPELLINGS[variant]
+
+
+class NonZeroQuotients(nn.Module):
+    """A zeroed channel that an op turns into nan or inf, which nan_to_num then makes a number."""
+
+    def __init__(self, variant):
+        super().__init__()
+        self.variant = variant
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        h, v = self.c1(x), self.variant
+        if v == "times_inf":
+            h = h * float("inf")
+        elif v == "over_zero":
+            h = h / 0.0
+        elif v == "scalar_over":
+            h = 1.0 / h
+        elif v == "broadcast_over":  # the numerator has no channel dim: a zeroed denominator channel gives inf
+            h = x[:, :1] / h
+        return self.c2(torch.nan_to_num(h, nan=3.0, posinf=1.0, neginf=-1.0))
+
+
+@pytest.mark.parametrize("variant", ["times_inf", "over_zero", "scalar_over", "broadcast_over"])
+def test_ops_that_make_a_zeroed_channel_nan_or_inf_keep_it(variant):
+    torch.manual_seed(0)
+    space, _ = _prune_and_compare(NonZeroQuotients(variant).eval(), torch.randn(1, 8, 6, 6), torch.randn(2, 8, 5, 7))
+    assert not next(g for g in space.groups if g.name == "c1.weight[dim 0]").prunable

@@ -1,6 +1,7 @@
 """Shared building blocks of the op rules: broadcasting alignment and zero bookkeeping."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,8 +17,30 @@ MUL = "mul"  # zero if any operand is zero
 DIV = "div"  # zero iff the numerator is zero and the denominator is not
 
 
+# PyTorch's argument parser also takes NumPy's names for these parameters of its builtins
+# (``torch.cat(xs, axis=1)``, ``h.sum(axis=1, keepdims=True)``, ``torch.add(x1=a, x2=b)``).
+NUMPY_ARG_ALIASES = {"dim": ("axis",), "keepdim": ("keepdims",), "input": ("x", "a", "x1"), "other": ("x2",)}
+
+
+def call_arg(node, index: int, name: str, default: Any = None) -> Any:
+    """Argument ``name`` of a call node: positional ``index``, keyword ``name`` or a NumPy alias of it."""
+    if len(node.args) > index:
+        return node.args[index]
+    kwargs = node.kwargs
+    if name in kwargs:
+        return kwargs[name]
+    for alias in NUMPY_ARG_ALIASES.get(name, ()):
+        if alias in kwargs:
+            return kwargs[alias]
+    return default
+
+
 def _is_zero_scalar(x: Any) -> bool:
     return isinstance(x, (int, float, bool)) and not isinstance(x, torch.Tensor) and x == 0
+
+
+def _is_non_finite_scalar(x: Any) -> bool:
+    return isinstance(x, float) and not math.isfinite(x)
 
 
 def combine_nonzero(mode: str, code: int, present: Sequence[DimLabel], n_other: int, other_zero: bool) -> np.ndarray:
@@ -63,14 +86,21 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
     nd = len(out_shape)
     code = ctx.code(node)
     tensors = [o for o in operands if isinstance(o, TensorLabels)]
-    scalars_zero = all(_is_zero_scalar(o) for o in operands if not isinstance(o, TensorLabels))
-    n_scalars = sum(1 for o in operands if not isinstance(o, TensorLabels))
+    scalars = [o for o in operands if not isinstance(o, TensorLabels)]
+    scalars_zero = all(_is_zero_scalar(o) for o in scalars)
+    n_scalars = len(scalars)
+    if mode == MUL and any(_is_non_finite_scalar(o) for o in scalars):
+        mode = CONST  # 0·inf and 0·nan are nan
+    if mode == DIV and (not isinstance(operands[0], TensorLabels)
+                        or (len(operands) > 1 and (_is_zero_scalar(operands[1]) or _is_non_finite_scalar(operands[1])))):
+        mode = CONST  # c / 0 is ±inf or nan; 0 / 0 and 0 / nan are nan
     dims: list[DimLabel | None] = []
     for d in range(nd):
         size = out_shape[d]
         present: list[DimLabel] = []
         untracked_present = False
         n_broadcast = n_scalars
+        numerator_present = False
         for t in tensors:
             k = d - (nd - t.ndim)
             if k < 0 or (t.shape[k] != size):
@@ -82,6 +112,7 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
                 n_broadcast += 1
             else:
                 present.append(lab)
+                numerator_present = numerator_present or t is operands[0]
         if not present:
             dims.append(None)
             continue
@@ -98,7 +129,10 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
                 base_atoms = np.where(base_atoms >= 0, base_atoms, lab.atoms)
         # operands that broadcast along this dim contribute the same value to every channel:
         # zero only if they are literal zeros
-        nonzero = combine_nonzero(mode, code, present, n_broadcast, scalars_zero and len(present) == len(tensors))
+        if mode == DIV and not numerator_present:  # a zeroed denominator channel under a broadcast numerator
+            nonzero = np.full(size, code, dtype=np.int64)
+        else:
+            nonzero = combine_nonzero(mode, code, present, n_broadcast, scalars_zero and len(present) == len(tensors))
         dims.append(DimLabel(base_atoms, nonzero))
     return TensorLabels(out_shape, tuple(dims))
 

@@ -118,8 +118,9 @@ def _binary(mode):
     def analyze(ctx, node):
         if not ctx.is_tensor(node):
             return _taint(ctx, node)
-        operands = [ctx.value(a) for a in node.args[:2]]
-        for o, a in zip(operands, node.args[:2]):
+        # (``h.add(other=1.0)``, ``torch.add(input=a, other=b)``: the operands by name as well)
+        operands = [ctx.value(ctx.arg(node, 0, "input")), ctx.value(ctx.arg(node, 1, "other"))]
+        for o in operands:
             if isinstance(o, SizeTaint):  # a channel count used as a tensor value
                 ctx.atoms.block(o.atoms, f"a channel count is used as a value by {ctx.describe(node)}")
         operands = [o if not isinstance(o, SizeTaint) else 1 for o in operands]

@@ -77,8 +77,7 @@ CHANNEL_SENSITIVE = {torch.mean: "mean", "mean": "mean", torch.amax: "max", "ama
 
 def _dim_argument(ctx, node, index: int):
     """The reduced dims, spelt positionally, ``dim=`` or NumPy's ``axis=``."""
-    value = ctx.arg(node, index, "dim")
-    return node.kwargs.get("axis") if value is None else value
+    return ctx.arg(node, index, "dim")
 
 
 def _zero_blind_order(order) -> bool:
