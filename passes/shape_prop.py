@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-from fxprune.errors import InputError, first_line
+from fxprune.errors import InputError, TraceError, first_line
 
 from . import fast_shapes
 from .channel_analysis import fetch_attr
@@ -59,13 +59,23 @@ class _FakeInterpreter(fx.Interpreter):
         try:
             result = super().run_node(n)
         except Exception as exc:
+            op = f"({n.op} {getattr(n.target, '__name__', n.target)})"
+            if isinstance(exc, (DynamicOutputShapeException, DataDependentOutputException)):
+                error = TraceError(
+                    f"the output shape of graph node '{n.name}' {op} depends on the values in its input "
+                    f"({type(exc).__name__}: {first_line(exc)}), and fxprune analyses a model from shapes alone.\n"
+                    "  Move that computation (masked_select, nonzero, repeat_interleave with tensor repeats, ...) "
+                    "out of the model passed to fxprune.trace, into a step that runs on the model's outputs."
+                )
+                error.node_name = n.name
+                raise error from exc
             optional = _defaulted_inputs(self.module)
             hint = (f"; FX traced the optional inputs {optional} as if they were given (code such as "
                     "`if mask is not None` took that branch): pass them, or fix them with "
                     "concrete_args={'mask': None}") if optional else ""
             error = InputError(
                 f"running the model on the example inputs failed at graph node '{n.name}' "
-                f"({n.op} {getattr(n.target, '__name__', n.target)}): {type(exc).__name__}: "
+                f"{op}: {type(exc).__name__}: "
                 f"{first_line(exc)}\n"
                 f"  check the example inputs' shapes, dtypes and count against what the model expects{hint}."
             )

@@ -179,6 +179,23 @@ def test_trace_error_in_a_free_function_suggests_fx_wrap():
         fxprune.trace(CallsFunction(), torch.randn(1, 3, 4, 4))
 
 
+@pytest.mark.parametrize("op", ["masked_select", "repeat_interleave"])
+def test_value_dependent_output_shapes_get_a_trace_error_naming_the_node(op):
+    class ValueDependentShape(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            h = self.conv(x)
+            if op == "masked_select":
+                return h.masked_select(h > 0).sum()
+            return h.repeat_interleave(torch.tensor([1, 2, 0, 1]), dim=1).sum()
+
+    with pytest.raises(fxprune.TraceError, match=rf"graph node '{op}'[\s\S]*depends on the values[\s\S]*out of the model"):
+        fxprune.trace(ValueDependentShape(), torch.randn(1, 3, 4, 4))
+
+
 def test_leaf_module_makes_it_traceable_and_unprunable():
     class Wrapper(nn.Module):
         def __init__(self):
