@@ -303,7 +303,22 @@ def _softmax_output(args, kwargs) -> torch.Tensor | None:
     return _like(b["input"])
 
 
+def _gather_rows_output(args, kwargs) -> torch.Tensor | None:
+    """``table[index]`` with one integer index tensor (a relative-position bias lookup): rows of
+    ``table`` picked along dim 0.  Advanced indexing runs a Python meta kernel; any other index
+    (slices, tuples, masks) is left to it."""
+    if len(args) != 2 or kwargs:
+        return None
+    x, index = args
+    if not isinstance(x, torch.Tensor) or not isinstance(index, torch.Tensor) or x.ndim == 0:
+        return None
+    if index.dtype not in (torch.int64, torch.int32) or index.ndim == 0 or index.device != x.device:
+        return None
+    return _empty((*index.shape, *x.shape[1:]), x.dtype)
+
+
 _FUNCTIONS: dict[Any, Callable[[tuple, dict], torch.Tensor | None]] = {
+    operator.getitem: _gather_rows_output,
     torch.cat: _cat_output, torch.concat: _cat_output, torch.flatten: _flatten_output,
     F.adaptive_avg_pool2d: lambda a, k: _adaptive_avg_output(a[1] if len(a) > 1 else k.get("output_size"), a[0], 2)
     if a and isinstance(a[0], torch.Tensor) else None,

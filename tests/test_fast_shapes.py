@@ -221,3 +221,18 @@ def test_wrapped_functions_get_their_real_shapes_through_the_fast_mode():
     (call,) = [n for n in gm.graph.nodes if n.op == "call_function"]
     assert call.meta["val"].device.type == "meta"
     assert tuple(call.meta["val"].shape) == tuple(model(x).shape) == (2, 12, 6)
+
+
+@pytest.mark.parametrize("table, index", [
+    (_meta(5, 3), torch.empty(7, dtype=torch.int64, device="meta")),
+    (_meta(5), torch.empty(2, 3, dtype=torch.int32, device="meta")),
+    (_meta(5, 3, 2), torch.empty(4, dtype=torch.int64, device="meta")),
+    (_meta(5, 3), torch.empty(4, dtype=torch.bool, device="meta")),  # a mask: data-dependent, no shortcut
+    (_meta(5, 3), torch.empty((), dtype=torch.int64, device="meta")),  # an index that acts as an int
+])
+def test_row_lookup_by_index_tensor_matches_the_kernel(table, index):
+    shortcut = fast_shapes.function_output(operator.getitem, (table, index), {})
+    if index.dtype == torch.bool or index.ndim == 0:
+        assert shortcut is None
+    else:
+        _agrees(shortcut, lambda: table[index])
