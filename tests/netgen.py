@@ -631,6 +631,62 @@ def draw_where(draw, c):
     return {"fill": draw(st.sampled_from(["scaled", "zero", "minus1"]))}, c
 
 
+
+class PadConv(nn.Module):
+    """A padding module, then a 3x3 conv without padding: the spatial size is kept."""
+
+    def __init__(self, c, o):
+        super().__init__()
+        self.pad = {"reflect": nn.ReflectionPad2d, "replicate": nn.ReplicationPad2d,
+                    "circular": nn.CircularPad2d}.get(o["how"], lambda p: nn.ConstantPad2d(p, o["value"]))(1)
+        self.conv = nn.Conv2d(c, o["cout"], 3)
+
+    def forward(self, x):
+        return self.conv(self.pad(x))
+
+
+def draw_pad(draw, c, side):
+    hows = ["replicate", "constant"] + (["circular"] if side >= 1 else []) + (["reflect"] if side >= 2 else [])
+    cout = draw(_width())
+    return {"how": draw(st.sampled_from(hows)), "value": draw(st.sampled_from([0.0, 0.5])), "cout": cout}, cout
+
+
+class PixelShuffleConv(nn.Module):
+    """pixel_shuffle(r) -> 3x3 conv on the finer grid -> pixel_unshuffle(r): channels in runs of r²."""
+
+    def __init__(self, c, o):
+        super().__init__()
+        r = o["r"]
+        self.up, self.down = nn.PixelShuffle(r), nn.PixelUnshuffle(r)
+        self.conv = nn.Conv2d(c // (r * r), o["mid"], 3, padding=1)
+
+    def forward(self, x):
+        return self.down(self.conv(self.up(x)))
+
+
+def draw_pixshuf(draw, c):
+    r = draw(st.sampled_from([2, 1])) if c % 4 == 0 else 1
+    mid = draw(st.integers(1, 4))
+    return {"r": r, "mid": mid}, mid * r * r
+
+
+class GluConv(nn.Module):
+    """1x1 conv to twice the width, then GLU over the channels (a gated linear unit)."""
+
+    def __init__(self, c, o):
+        super().__init__()
+        self.conv = nn.Conv2d(c, 2 * o["cout"], 1)
+        self.glu = nn.GLU(1)
+
+    def forward(self, x):
+        return self.glu(self.conv(x))
+
+
+def draw_glu(draw, c):
+    cout = draw(_width())
+    return {"cout": cout}, cout
+
+
 BLOCKS: dict[str, tuple[Callable, Callable]] = {
     "conv": (draw_conv, build_conv),
     "bn": (draw_bn, build_bn),
@@ -664,8 +720,11 @@ BLOCKS: dict[str, tuple[Callable, Callable]] = {
     "einsum": (draw_einsum, EinsumAttention),
     "sdpa": (draw_einsum, SdpaAttention),
     "where": (draw_where, WhereGate),
+    "pad": (draw_pad, PadConv),
+    "pixshuf": (draw_pixshuf, PixelShuffleConv),
+    "glu": (draw_glu, GluConv),
 }
-NEEDS_SIDE = {"mixer", "tnorm"}  # their drawers also get the spatial size
+NEEDS_SIDE = {"mixer", "tnorm", "pad"}  # their drawers also get the spatial size
 SPATIAL = {"down": lambda s: s // 2, "up": lambda s: s * 2}
 KINDS = tuple(BLOCKS)
 
@@ -799,6 +858,10 @@ def block_out(kind: str, c: int, o: dict) -> int:
         return c * o["mult"]
     if kind == "slice":
         return o["k"]
+    if kind in ("pad", "glu"):
+        return o["cout"]
+    if kind == "pixshuf":
+        return o["mid"] * o["r"] ** 2
     return c
 
 

@@ -227,6 +227,11 @@ ONE_BLOCK = {
     # one head of width 1: the q/k/v factor carries the channels and unbind takes it apart
     "sdpa-unbind-labelled-dim": ("sdpa", 4, {"heads": 1, "dim": 1, "bias": False}),
     **{f"where-{fill}": ("where", 8, {"fill": fill}) for fill in ("scaled", "zero", "minus1")},
+    **{f"pad-{how}": ("pad", 8, {"how": how, "value": 0.5, "cout": 6})
+       for how in ("reflect", "replicate", "circular", "constant")},
+    "pad-constant-zero": ("pad", 8, {"how": "constant", "value": 0.0, "cout": 6}),
+    "pixshuf": ("pixshuf", 8, {"r": 2, "mid": 3}),
+    "glu": ("glu", 8, {"cout": 5}),
 }
 HEADS = {
     "gap-flatten": ("gap", {"flat": "flatten", "hidden": 0}),

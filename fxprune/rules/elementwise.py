@@ -204,3 +204,27 @@ def _zeros_like(ctx, node):
 
 # shaped like the input, with values that do not depend on it (and are not zero)
 RULES.function(torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like, torch.randn_like)(_unary(CONST))
+
+
+def _glu(ctx, node, dim: int) -> TensorLabels:
+    """``glu(x, dim) = a·sigmoid(b)`` for the halves a, b of x along ``dim``: channel i of a and of b
+    form one ZIG (zeroing both gives 0·0.5 = 0); along any other dim the channels pass through."""
+    x = ctx.labels(node.args[0])
+    out_shape = ctx.out_shape(node)
+    if x is None:
+        return TensorLabels.blank(out_shape)
+    d = dim + x.ndim if dim < 0 else dim
+    dims = [lab if k != d else None for k, lab in enumerate(x.dims)]
+    lab = x.dims[d]
+    if lab is not None:
+        halves = lab.atoms.reshape(2, -1)
+        if (halves < 0).any():
+            ctx.atoms.block(lab.atoms, f"{ctx.describe(node)} pairs partly untracked channels")
+        else:
+            ctx.atoms.unify(halves[0], halves[1], "glu halves")
+            dims[d] = DimLabel(halves[0], lab.nonzero.reshape(2, -1)[0])
+    return TensorLabels(tuple(out_shape), tuple(dims))
+
+
+RULES.module(nn.GLU)(lambda ctx, node: _glu(ctx, node, ctx.module(node).dim))
+RULES.function(F.glu)(lambda ctx, node: _glu(ctx, node, ctx.arg(node, 1, "dim", -1)))

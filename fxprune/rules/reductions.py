@@ -67,6 +67,23 @@ def _pad(ctx, node):
     return out
 
 
+# Padding modules pad the last len(padding) // 2 dims.  Reflecting, replicating or wrapping a
+# zero channel leaves it zero; a constant pad with a non-zero value does not.
+PAD_MODULES = (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
+               nn.ReplicationPad2d, nn.ReplicationPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+               nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+
+
+@RULES.module(*PAD_MODULES)
+def _pad_module(ctx, node):
+    m = ctx.module(node)
+    x = ctx.labels(node.args[0])
+    out = _spatial_op_shape(ctx, node, x, ctx.out_shape(node), len(m.padding) // 2)
+    if getattr(m, "value", 0) != 0 and x is not None:
+        out = set_nonzero(out, out.labeled(), ctx.code(node))
+    return out
+
+
 SUM_LIKE = {torch.sum: "sum", "sum": "sum", torch.norm: "sum", "norm": "sum", torch.linalg.vector_norm: "sum",
             torch.nansum: "sum", "nansum": "sum"}
 CHANNEL_SENSITIVE = {torch.mean: "mean", "mean": "mean", torch.amax: "max", "amax": "max", torch.amin: "min",

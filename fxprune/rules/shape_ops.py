@@ -15,11 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from fxprune.labels import DimLabel, SizeTaint, TensorLabels
 
-from .common import ADD, carry, elementwise, normalize_dim
+from .common import ADD, block_dims, carry, elementwise, normalize_dim
 from .registry import RULES
 
 
@@ -311,3 +312,44 @@ RULES.method("expand", rewrite=_rewrite_expand)(_expand)
 @RULES.method("expand_as")
 def _expand_as(ctx, node):
     return elementwise(ctx, node, [ctx.value(node.args[0]), ctx.value(node.args[1])], ADD)
+
+
+def _shuffle_factor(ctx, node, name: str) -> int:
+    if node.op == "call_module":
+        return int(getattr(ctx.module(node), name))
+    return ctx.arg(node, 1, name)
+
+
+def _pixel_rearrange(ctx, node, shuffle: bool) -> TensorLabels:
+    """``pixel_shuffle(x, r)``: channel c of the output holds input channels c·r² … c·r²+r²−1, so
+    each such run is one ZIG; ``pixel_unshuffle`` is the inverse (one input channel becomes a
+    run of r² output channels).  Channels laid along the spatial dims cannot be followed."""
+    x = ctx.labels(node.args[0])
+    out_shape = ctx.out_shape(node)
+    r = _shuffle_factor(ctx, node, "upscale_factor" if shuffle else "downscale_factor")
+    if x is None:
+        return TensorLabels.blank(out_shape)
+    c = x.ndim - 3
+    block_dims(ctx, x, range(c + 1, x.ndim), f"{ctx.describe(node)} moves values between channels and pixels")
+    out = carry(x, out_shape, {d: d for d in range(c)})
+    lab = x.dims[c]
+    if lab is None:
+        return out
+    dims = list(out.dims)
+    if shuffle:
+        atoms = lab.atoms.reshape(-1, r * r)
+        if (atoms < 0).any():
+            ctx.atoms.block(lab.atoms, f"{ctx.describe(node)} regroups a partly untracked channel dimension")
+            return out
+        if r > 1:
+            ctx.atoms.unify(np.repeat(atoms[:, 0], r * r - 1), atoms[:, 1:].ravel(), "pixel shuffle")
+        dims[c] = DimLabel(atoms[:, 0], lab.nonzero.reshape(-1, r * r).max(axis=1))
+    else:
+        dims[c] = DimLabel(np.repeat(lab.atoms, r * r), np.repeat(lab.nonzero, r * r))
+    return TensorLabels(out.shape, tuple(dims))
+
+
+RULES.function(F.pixel_shuffle)(lambda ctx, node: _pixel_rearrange(ctx, node, True))
+RULES.module(nn.PixelShuffle)(lambda ctx, node: _pixel_rearrange(ctx, node, True))
+RULES.function(F.pixel_unshuffle)(lambda ctx, node: _pixel_rearrange(ctx, node, False))
+RULES.module(nn.PixelUnshuffle)(lambda ctx, node: _pixel_rearrange(ctx, node, False))
