@@ -26,6 +26,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .module_walk import walk_modules
+
 IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
                       operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift,
                       operator.irshift, torch.relu_}
@@ -142,7 +144,7 @@ def restore_in_place_updates(gm: fx.GraphModule, has_rule: Callable[[fx.Node], b
     """
     if not any(AUGMENTED_KEY in n.meta for n in gm.graph.nodes):
         return 0
-    modules = dict(gm.named_modules())
+    modules = dict(walk_modules(gm))
     module_of = lambda n: modules[n.target]  # noqa: E731
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     aliases = AliasClasses()

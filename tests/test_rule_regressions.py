@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
+from prune_check import perturbed
 
 
 def _prune_and_compare(model, x, x_other, fraction=0.5):
@@ -364,11 +365,8 @@ PRUNABLE_SPELLINGS = {"other_residual": True, "cat_axis": True, "stack_axis": Tr
 @pytest.mark.parametrize("variant", sorted(PRUNABLE_SPELLINGS))
 def test_keyword_and_numpy_spellings_are_read_like_positional_ones(variant):
     torch.manual_seed(0)
-    model = KeywordSpellings(variant)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    space, _ = _prune_and_compare(model.eval(), torch.randn(1, 8, 6, 6), torch.randn(2, 8, 5, 7))
+    model = perturbed(KeywordSpellings(variant), 0.5)
+    space, _ = _prune_and_compare(model, torch.randn(1, 8, 6, 6), torch.randn(2, 8, 5, 7))
     c1 = next(g for g in space.groups if g.name == "c1.weight[dim 0]")
     assert c1.prunable == PRUNABLE_SPELLINGS[variant]
 

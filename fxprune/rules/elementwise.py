@@ -10,7 +10,7 @@ from torch import nn
 
 from fxprune.labels import DimLabel, SizeTaint, TensorLabels
 
-from .common import ADD, CONST, DIV, KEEP, MUL, elementwise, set_nonzero
+from .common import ADD, CONST, DIV, KEEP, MUL, elementwise, normalize_dim, set_nonzero
 from .registry import RULES
 
 # f(0) == 0: a zero channel stays zero
@@ -213,7 +213,7 @@ def _glu(ctx, node, dim: int) -> TensorLabels:
     out_shape = ctx.out_shape(node)
     if x is None:
         return TensorLabels.blank(out_shape)
-    d = dim + x.ndim if dim < 0 else dim
+    d = normalize_dim(dim, x.ndim)
     dims = [lab if k != d else None for k, lab in enumerate(x.dims)]
     lab = x.dims[d]
     if lab is not None:

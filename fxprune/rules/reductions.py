@@ -92,11 +92,6 @@ CHANNEL_SENSITIVE = {torch.mean: "mean", "mean": "mean", torch.amax: "max", "ama
                      torch.min: "min", "min": "min", torch.prod: "product", "prod": "product"}
 
 
-def _dim_argument(ctx, node, index: int):
-    """The reduced dims, spelt positionally, ``dim=`` or NumPy's ``axis=``."""
-    return ctx.arg(node, index, "dim")
-
-
 def _zero_blind_order(order) -> bool:
     """A norm order for which a zero entry adds nothing: p > 0 (∞ included), p = 0 (a count), Frobenius."""
     if order is None or order == "fro":
@@ -112,14 +107,14 @@ def _reduce(ctx, node):
         from passes.channel_analysis import blank_like
 
         return blank_like(val)
-    dim_arg = _dim_argument(ctx, node, 1)
+    dim_arg = ctx.arg(node, 1, "dim")  # (or NumPy's axis=)
     if kind in ("max", "min") and (isinstance(dim_arg, torch.fx.Node) or not isinstance(dim_arg, (int, list, tuple))):
         if dim_arg is not None:  # torch.max(a, b) is elementwise
             from passes.channel_analysis import unknown_op
 
             return unknown_op(ctx, node)
     if kind == "sum" and node.target in (torch.norm, "norm", torch.linalg.vector_norm):
-        dim_arg = _dim_argument(ctx, node, 2)
+        dim_arg = ctx.arg(node, 2, "dim")
         order = ctx.arg(node, 1, "ord", 2) if node.target is torch.linalg.vector_norm else ctx.arg(node, 1, "p", "fro")
         if not _zero_blind_order(order):
             kind = f"norm of order {order}"  # min-like: a zero entry changes it

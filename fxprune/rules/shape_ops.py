@@ -190,6 +190,7 @@ def _reshape_no_sizes(ctx, node):
 
 RULES.function(torch.flatten, torch.squeeze, torch.unsqueeze, torch.ravel)(_reshape_no_sizes)
 RULES.method("flatten", "squeeze", "unsqueeze", "ravel")(_reshape_no_sizes)
+RULES.module(nn.Flatten)(_reshape_no_sizes)
 
 
 @RULES.method("view_as", "reshape_as")
@@ -207,7 +208,6 @@ def _reshape_as(ctx, node):
         elif lab is not None or other_lab is not None:
             ctx.atoms.block((lab or other_lab).atoms, reason)
     return out
-RULES.module(nn.Flatten)(_reshape_no_sizes)
 
 
 def _rewrite_unflatten(rw, node):
@@ -345,7 +345,7 @@ def _pixel_rearrange(ctx, node, shuffle: bool) -> TensorLabels:
             ctx.atoms.unify(np.repeat(atoms[:, 0], r * r - 1), atoms[:, 1:].ravel(), "pixel shuffle")
         dims[c] = DimLabel(atoms[:, 0], lab.nonzero.reshape(-1, r * r).max(axis=1))
     else:
-        dims[c] = DimLabel(np.repeat(lab.atoms, r * r), np.repeat(lab.nonzero, r * r))
+        dims[c] = _merge(lab, [lab.size, r * r], 0)
     return TensorLabels(out.shape, tuple(dims))
 
 
