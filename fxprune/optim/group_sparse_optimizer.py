@@ -25,7 +25,8 @@ import torch
 from .base_rules import make_rule, rule_defaults
 from .group_ops import ZigIndex
 from .compiled_sweeps import CompiledSweeps
-from .row_sweeps import ALL_ROWS, RowSweeps
+from .fused_sweeps import FusedSweeps, load_kernels
+from .row_sweeps import ALL_ROWS, FUSED, RowSweeps
 from .validation import check_base, check_space
 
 STATE_KEY = "fxprune"
@@ -74,6 +75,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self._sweeps = RowSweeps(self.zigs)
         self._stats_cache: tuple[torch.Tensor, list] | None = None  # (needed ZIGs, per-slice modes)
         self._compiled = CompiledSweeps(self.zigs) if compiled else None
+        kernels = load_kernels() if variant == "sgd" else None
+        self._fused = FusedSweeps(self.zigs, self._sweeps, kernels) if kernels is not None else None
         self._warned_frozen = False
 
     def add_param_group(self, param_group: dict) -> None:
@@ -166,8 +169,14 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             stats = self._group_stats(self.zigs.sum_rows([self._compiled.row_sums(group, self.state)], device), need)
         else:
             modes = self._stats_modes(need) if need_stats else None
+            # The fused CPU kernels take the steps that need sums (see fused_sweeps.py).
+            fused = self._fused if modes is not None else None
             directions = []
             for p in self.zigs.params:
+                if fused is not None and fused.covers(p, group, self.state[p]):
+                    fused.direction_and_sums(p, self.state[p], group, modes[self.zigs.slices_of[id(p)][0].index])
+                    directions.append(FUSED)
+                    continue
                 if p.grad is None:
                     u = None  # no gradient: the group math sees a zero direction, the base rule skips it
                 else:
@@ -185,7 +194,12 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             self._compiled.update(group, self.state, self.zigs.rows_of(keep), self.zigs.rows_of(scale))
             self._last_step["compiled"] = True
         else:
-            self._sweeps.apply(directions, keep, factor, lr, decay)
+            fused_step = None
+            if any(d is FUSED for d in directions):
+                self._last_step["fused"] = sum(d is FUSED for d in directions)
+                fused_step = lambda p, keep_rows, scale_rows: self._fused.apply(  # noqa: E731
+                    p, self.state[p], group, keep_rows, scale_rows, lr)
+            self._sweeps.apply(directions, keep, factor, lr, decay, fused_step)
 
     def _group_stats(self, sums: torch.Tensor, need: torch.Tensor | None) -> GroupStats:
         """GroupStats from ``[3, num_zigs + 1]`` sums; groups outside ``need`` read exactly 0."""

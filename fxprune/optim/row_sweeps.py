@@ -24,6 +24,9 @@ import torch
 
 from .group_ops import ProducerSlice, ZigIndex, row_dots, row_sq_norms
 
+# Stands, in the list of directions, for a parameter whose step runs in the fused kernels.
+FUSED = type("Fused", (), {"__repr__": lambda self: "FUSED"})()
+
 # Rows are reduced in blocks of about this many elements: x, u and the product scratch of a block
 # (3 × 2 MiB in float32) stay in cache across the three reductions.  Measured on ResNet-50, 1 thread.
 BLOCK_ELEMENTS = 1 << 19
@@ -54,7 +57,7 @@ class RowSweeps:
             mode = modes[s.index]
             if mode is None:
                 continue
-            cols = self._columns(x, s)
+            cols = self.columns(x, s)
             if mode is ALL_ROWS and _plain_rows(x, u, s):
                 self._reduce_rows(x, u, s, cols)
             elif mode is ALL_ROWS or not (u.is_contiguous() or u.dim() == 1):
@@ -105,7 +108,8 @@ class RowSweeps:
         # Row-wise reductions do not depend on the other rows, so these equal the full rows' values.
         return torch.stack([row_sq_norms(xs, 0), row_dots(xs, us, 0), row_sq_norms(us, 0)])
 
-    def _columns(self, x: torch.Tensor, s: ProducerSlice) -> torch.Tensor:
+    def columns(self, x: torch.Tensor, s: ProducerSlice) -> torch.Tensor:
+        """The ``[3, length]`` row sums of slice ``s`` of ``x``, in x's accumulation dtype."""
         key = (x.device, _accumulation_dtype(x.dtype))
         buffer = self._rows.get(key)
         if buffer is None:
@@ -128,13 +132,15 @@ class RowSweeps:
 
     # ----- pass 2: the update ------------------------------------------------------------
 
-    def apply(self, directions: list[torch.Tensor | None], keep: torch.Tensor, factor: torch.Tensor | None,
-              lr: float, decay: float) -> None:
+    def apply(self, directions: list, keep: torch.Tensor, factor: torch.Tensor | None,
+              lr: float, decay: float, fused_step=None) -> None:
         """``x <- decay·F·x − lr·keep·u`` for every prunable parameter (``x <- F·x`` where u is None:
         a parameter without a gradient).
 
         ``keep`` and ``factor`` (F) are float64 ``[num_zigs + 1]`` (sentinel included) on the
-        parameters' device; ``factor`` None means F = 1.
+        parameters' device; ``factor`` None means F = 1.  A direction that is ``FUSED`` (see
+        fused_sweeps.py) lives in the fused kernels: ``fused_step(p, keep_rows, scale_rows)``
+        updates that parameter, with per-row views in its dtype (scale None: 1).
         """
         zigs = self.zigs
         if not zigs.params:
@@ -151,20 +157,17 @@ class RowSweeps:
             if not p.requires_grad:
                 continue  # frozen (even after its groups were marked): never changed
             slices = zigs.slices_of[id(p)]
+            if u is FUSED:  # one dim-0 slice, SGD (decay 1): see fused_sweeps.FusedSweeps.covers
+                keep_view, scale_view = self._update_views(p, slices[0], keep_rows, scale_rows, filled)
+                fused_step(p, keep_view, scale_view if scaling is not None else None)
+                continue
             if u is None:  # no gradient: like torch, no base step (no decay); only the group factors act
                 if factor is not None and any(scaling[s.index] for s in slices):
                     p.mul_(_product([_row_view(factor_rows, s) for s in slices]).to(p.dtype))
                 continue
             if len(slices) == 1:
                 s = slices[0]
-                key = (p.device, p.dtype)
-                buffer = self._updates.get(key)
-                if buffer is None:
-                    buffer = self._updates[key] = _UpdateBuffer(zigs, *key)
-                if key not in filled:  # one conversion per dtype and step, viewed per parameter below
-                    buffer.fill(keep_rows, scale_rows)
-                    filled.add(key)
-                keep_view, scale_view = buffer.views[s.index]
+                keep_view, scale_view = self._update_views(p, s, keep_rows, scale_rows, filled)
                 if scaling is not None:
                     if scaling[s.index]:
                         p.mul_(scale_view)
@@ -178,6 +181,19 @@ class RowSweeps:
                 elif decay != 1.0:
                     p.mul_(decay)
             p.addcmul_(u, keep_view, value=-lr)
+
+
+    def _update_views(self, p: torch.Tensor, s: ProducerSlice, keep_rows: torch.Tensor,
+                      scale_rows: torch.Tensor | None, filled: set) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slice ``s``'s keep and scale rows in p's dtype, broadcastable to p (scale stale if None)."""
+        key = (p.device, p.dtype)
+        buffer = self._updates.get(key)
+        if buffer is None:
+            buffer = self._updates[key] = _UpdateBuffer(self.zigs, *key)
+        if key not in filled:  # one conversion per dtype and step, viewed per parameter
+            buffer.fill(keep_rows, scale_rows)
+            filled.add(key)
+        return buffer.views[s.index]
 
 
 class _RowBuffer:

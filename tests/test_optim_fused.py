@@ -1,0 +1,141 @@
+"""The fused CPU kernels (numba) take the SGD rule's pruning steps and prune like the eager path.
+
+The kernels add row sums in another order (and in float64), so the check is on the
+decisions (marked and zero sets, the exact target) and on the parameters to float
+tolerance; the eager reference is the same optimizer with the kernels turned off.
+"""
+import pytest
+import torch
+from torch import nn
+
+from fxprune.optim import DHSPG, HESSO, HSPG
+from fxprune.optim import cpu_kernels, fused_sweeps
+from fxprune.optim.manual_layout import stand_in_space
+
+STEPS = 12
+
+
+def small_cnn():
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 5))
+
+
+SGD_SETTINGS = {
+    "momentum": dict(momentum=0.9),
+    "plain": dict(),
+    "weight-decay": dict(weight_decay=1e-3),
+    "momentum-weight-decay-dampening": dict(momentum=0.9, weight_decay=1e-3, dampening=0.3),
+    "nesterov": dict(momentum=0.9, nesterov=True, weight_decay=1e-3),
+}
+
+OPTIMIZERS = {
+    "dhspg": lambda space, kw: DHSPG(space, lr=0.1, target_group_sparsity=0.5, start_pruning_step=1,
+                                     pruning_steps=9, pruning_periods=2, **kw),
+    "hspg": lambda space, kw: HSPG(space, lr=0.1, lmbda=20.0, epsilon=0.9, warmup_steps=2, **kw),
+    "hesso": lambda space, kw: HESSO(space, lr=0.1, target_group_sparsity=0.5, start_pruning_step=1,
+                                     pruning_steps=9, **kw),
+}
+
+
+def run(make, settings, fused: bool, dtype=torch.float32):
+    torch.manual_seed(0)
+    model = small_cnn().to(dtype)
+    opt = make(stand_in_space(model), settings)
+    if not fused:
+        opt._fused = None
+    gen = torch.Generator().manual_seed(1)
+    counts = []
+    for _ in range(STEPS):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+        opt.step()
+        counts.append(opt.stats()["last_step"].get("fused", 0))
+    return model, opt, counts
+
+
+def assert_same_pruning(a, b, tol):
+    (model_a, opt_a, _), (model_b, opt_b, _) = a, b
+    assert torch.equal(opt_a.redundant_zigs(), opt_b.redundant_zigs())
+    assert torch.equal(opt_a.zero_zigs(), opt_b.zero_zigs())
+    for (name, pa), (_, pb) in zip(model_a.named_parameters(), model_b.named_parameters()):
+        torch.testing.assert_close(pa, pb, rtol=tol, atol=tol, msg=name)
+
+
+@pytest.mark.parametrize("setting", sorted(SGD_SETTINGS))
+def test_fused_dhspg_prunes_like_eager(setting):
+    fused = run(OPTIMIZERS["dhspg"], SGD_SETTINGS[setting], fused=True)
+    eager = run(OPTIMIZERS["dhspg"], SGD_SETTINGS[setting], fused=False)
+    counts = fused[2]
+    # Every prunable parameter (2 convs' weights and biases, 2 BNs' weights and biases) runs fused on the
+    # pruning steps that read sums; a first momentum step creates the buffers eagerly.
+    first = 1 if "momentum" in SGD_SETTINGS[setting] else 0
+    assert counts[0] == 0 and all(c == 8 for c in counts[1 + first:10])
+    assert not any(eager[2])
+    assert int(fused[1].zero_zigs().sum()) == fused[1].target_zero_count
+    assert_same_pruning(fused, eager, tol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["hspg", "hesso"])
+def test_fused_hspg_and_hesso_prune_like_eager(kind):
+    fused = run(OPTIMIZERS[kind], dict(momentum=0.9, weight_decay=1e-4), fused=True)
+    eager = run(OPTIMIZERS[kind], dict(momentum=0.9, weight_decay=1e-4), fused=False)
+    assert sum(fused[2]) > 0
+    assert bool(fused[1].zero_zigs().any())
+    assert_same_pruning(fused, eager, tol=1e-5)
+
+
+def test_float64_parameters_run_fused_in_float64():
+    fused = run(OPTIMIZERS["dhspg"], dict(momentum=0.9), fused=True, dtype=torch.float64)
+    eager = run(OPTIMIZERS["dhspg"], dict(momentum=0.9), fused=False, dtype=torch.float64)
+    assert max(fused[2]) == 8
+    assert_same_pruning(fused, eager, tol=1e-12)
+
+
+def test_parameters_the_kernels_do_not_cover_run_eagerly_in_the_same_step():
+    def make(space, kw):
+        # A channels-last conv weight is not contiguous: its rows are not free views.
+        space.model[3].weight.data = space.model[3].weight.data.to(memory_format=torch.channels_last)
+        return OPTIMIZERS["dhspg"](space, kw)
+
+    fused = run(make, dict(momentum=0.9), fused=True)
+    eager = run(make, dict(momentum=0.9), fused=False)
+    assert max(fused[2]) == 7
+    assert_same_pruning(fused, eager, tol=1e-5)
+
+
+def test_without_numba_every_step_runs_eagerly(monkeypatch):
+    monkeypatch.setattr(fused_sweeps, "load_kernels", lambda: None)
+    import fxprune.optim.group_sparse_optimizer as gso
+    monkeypatch.setattr(gso, "load_kernels", lambda: None)
+    _, opt, counts = run(OPTIMIZERS["dhspg"], dict(momentum=0.9), fused=True)
+    assert opt._fused is None and not any(counts)
+    assert int(opt.zero_zigs().sum()) == opt.target_zero_count
+
+
+def test_adam_variants_do_not_use_the_sgd_kernels():
+    _, opt, counts = run(lambda space, kw: DHSPG(space, lr=0.01, variant="adamw", target_group_sparsity=0.5,
+                                                 start_pruning_step=1, pruning_steps=9), {}, fused=True)
+    assert opt._fused is None and not any(counts)
+
+
+def test_kernels_match_the_sgd_formulas_row_by_row():
+    gen = torch.Generator().manual_seed(0)
+    x, g, buf = (torch.randn(5, 7, generator=gen, dtype=torch.float64) for _ in range(3))
+    want = torch.tensor([1, 0, 1, 1, 0], dtype=torch.uint8)
+    out = torch.full((3, 5), -1.0, dtype=torch.float64)
+    momentum, undamped, wd = 0.9, 0.7, 0.01
+    new_buf = momentum * buf + undamped * (g + wd * x)
+    u = (g + wd * x) + momentum * new_buf  # Nesterov
+    cpu_kernels.sgd_direction_row_sums(x.numpy(), g.numpy(), buf.numpy(), want.numpy(), out.numpy(),
+                                       *cpu_kernels.as_dtype((wd, momentum, undamped), x.numpy().dtype), True)
+    torch.testing.assert_close(buf, new_buf)
+    expected = torch.stack([(x * x).sum(1), (x * u).sum(1), (u * u).sum(1)])
+    torch.testing.assert_close(out[:, want.bool()], expected[:, want.bool()])
+    assert bool((out[:, ~want.bool()] == -1).all())  # rows nobody asked for are not written
+
+    scale, keep = torch.rand(5, generator=gen, dtype=torch.float64), torch.tensor([1.0, 0, 1, 1, 0], dtype=torch.float64)
+    expected_x = scale[:, None] * x - 0.1 * keep[:, None] * u
+    cpu_kernels.sgd_apply_rows(x.numpy(), g.numpy(), buf.numpy(), scale.numpy(), keep.numpy(),
+                               *cpu_kernels.as_dtype((-0.1, wd, momentum), x.numpy().dtype), True)
+    torch.testing.assert_close(x, expected_x)
