@@ -139,3 +139,14 @@ def test_kernels_match_the_sgd_formulas_row_by_row():
     cpu_kernels.sgd_apply_rows(x.numpy(), g.numpy(), buf.numpy(), scale.numpy(), keep.numpy(),
                                *cpu_kernels.as_dtype((-0.1, wd, momentum), x.numpy().dtype), True)
     torch.testing.assert_close(x, expected_x)
+
+
+def test_with_more_threads_than_the_kernels_are_used_for_every_step_runs_eagerly():
+    before = torch.get_num_threads()
+    torch.set_num_threads(fused_sweeps.MAX_THREADS + 1)
+    try:
+        _, opt, counts = run(OPTIMIZERS["dhspg"], dict(momentum=0.9), fused=True)
+    finally:
+        torch.set_num_threads(before)
+    assert opt._fused is not None and not any(counts)
+    assert int(opt.zero_zigs().sum()) == opt.target_zero_count

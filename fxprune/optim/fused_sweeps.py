@@ -10,6 +10,15 @@ path of row_sweeps.py in the same step.  It covers a prunable parameter when:
 
 The first momentum step, which creates the buffer, runs eagerly.  Kernels compile on
 first use (about a second per dtype, then cached on disk by numba).
+
+The kernels run on one core.  They are used while torch has at most ``MAX_THREADS``
+intra-op threads: on the 2-core machine this was measured on, DHSPG's pruning step on
+ResNet-50 took 31 ms with them and 38 ms eagerly at two threads (47 ms at one).  With
+more threads the eager path's torch kernels spread over all of them and memory
+bandwidth grows with cores, so the eager path runs; where the crossover lies on a
+larger machine has not been measured.  (Spreading the kernels over Python threads did
+not help: torch's OpenMP workers keep spinning on the other cores for milliseconds
+after each parallel op.)
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ from .group_ops import ProducerSlice, ZigIndex
 from .row_sweeps import ALL_ROWS, RowSweeps
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+MAX_THREADS = 2
 
 
 def load_kernels():
@@ -50,6 +60,11 @@ class FusedSweeps:
         self._flat_views: dict[int, tuple] = {}
         self._ones_cache: dict[tuple, object] = {}
 
+    @staticmethod
+    def in_use() -> bool:
+        """Whether this step should take the kernels at all (see MAX_THREADS)."""
+        return torch.get_num_threads() <= MAX_THREADS
+
     def covers(self, p: torch.Tensor, group: dict, state: dict) -> bool:
         """Whether this step can take ``p`` through the kernels (checked every step: gradients come and go)."""
         slices = self.zigs.slices_of[id(p)]
@@ -64,23 +79,34 @@ class FusedSweeps:
                 return False
         return True
 
-    def direction_and_sums(self, p: torch.Tensor, state: dict, group: dict, mode) -> None:
-        """Store the SGD momentum buffer of ``p`` and write its row sums where ``mode`` asks for them."""
-        s = self.zigs.slices_of[id(p)][0]
-        x, g, buf, cols = self._arrays(p, s, state, group)
-        weight_decay, momentum, undamped, _ = self._hyper(x.dtype, group, 0.0)
-        self.kernels.sgd_direction_row_sums(x, g, buf, self._wanted_rows(s, mode), cols,
-                                            weight_decay, momentum, undamped, group["nesterov"])
+    def direction_and_sums(self, items: list[tuple], group: dict) -> None:
+        """For each ``(p, state, mode)``: store p's SGD momentum buffer and write its row sums where
+        ``mode`` (None, ALL_ROWS or a LongTensor of rows) asks for them."""
+        calls = []
+        for p, state, mode in items:
+            s = self.zigs.slices_of[id(p)][0]
+            x, g, buf, cols = self._arrays(p, s, state, group)
+            weight_decay, momentum, undamped, _ = self._hyper(x.dtype, group, 0.0)
+            calls.append((x, g, buf, self._wanted_rows(s, mode), cols, weight_decay, momentum, undamped,
+                          group["nesterov"]))
+        self._run(self.kernels.sgd_direction_row_sums, calls)
 
-    def apply(self, p: torch.Tensor, state: dict, group: dict, keep: torch.Tensor, scale: torch.Tensor | None,
-              lr: float) -> None:
-        """``x <- scale·x − lr·keep·u`` for ``p``; ``keep`` and ``scale`` are per-row views in p's dtype."""
-        s = self.zigs.slices_of[id(p)][0]
-        x, g, buf, _ = self._arrays(p, s, state, group)
-        weight_decay, momentum, _, neg_lr = self._hyper(x.dtype, group, -lr)
-        scale = self._ones(s.length, x.dtype) if scale is None else self._flat(scale)
-        self.kernels.sgd_apply_rows(x, g, buf, scale, self._flat(keep), neg_lr, weight_decay, momentum,
-                                    group["nesterov"])
+    def apply(self, items: list[tuple], group: dict, lr: float) -> None:
+        """For each ``(p, state, keep, scale)``: ``x <- scale·x − lr·keep·u``, with ``keep`` and ``scale``
+        per-row views in p's dtype (scale None: 1), u re-formed from what pass 1 stored."""
+        calls = []
+        for p, state, keep, scale in items:
+            s = self.zigs.slices_of[id(p)][0]
+            x, g, buf, _ = self._arrays(p, s, state, group)
+            weight_decay, momentum, _, neg_lr = self._hyper(x.dtype, group, -lr)
+            scale = self._ones(s.length, x.dtype) if scale is None else self._flat(scale)
+            calls.append((x, g, buf, scale, self._flat(keep), neg_lr, weight_decay, momentum, group["nesterov"]))
+        self._run(self.kernels.sgd_apply_rows, calls)
+
+    @staticmethod
+    def _run(kernel, calls: list[tuple]) -> None:
+        for args in calls:
+            kernel(*args)
 
     def _arrays(self, p: torch.Tensor, s: ProducerSlice, state: dict, group: dict):
         """NumPy views ``[rows, rest]`` of x, its gradient and momentum buffer, and its row-sum columns.
@@ -137,3 +163,4 @@ class FusedSweeps:
             want[mode.cpu()] = 1
         self._want[s.index] = (mode, want.numpy())
         return self._want[s.index][1]
+

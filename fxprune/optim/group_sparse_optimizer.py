@@ -170,11 +170,11 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         else:
             modes = self._stats_modes(need) if need_stats else None
             # The fused CPU kernels take the steps that need sums (see fused_sweeps.py).
-            fused = self._fused if modes is not None else None
-            directions = []
+            fused = self._fused if modes is not None and self._fused is not None and self._fused.in_use() else None
+            directions, fused_items = [], []
             for p in self.zigs.params:
                 if fused is not None and fused.covers(p, group, self.state[p]):
-                    fused.direction_and_sums(p, self.state[p], group, modes[self.zigs.slices_of[id(p)][0].index])
+                    fused_items.append((p, self.state[p], modes[self.zigs.slices_of[id(p)][0].index]))
                     directions.append(FUSED)
                     continue
                 if p.grad is None:
@@ -184,6 +184,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
                 directions.append(u)
                 if modes is not None:  # right after u is computed, while p and u are still in cache
                     self._sweeps.reduce(p, torch.zeros_like(p) if u is None else u, modes)
+            if fused_items:
+                fused.direction_and_sums(fused_items, group)
             if modes is not None:
                 stats = self._group_stats(self._sweeps.sums(device), need)
         update = self._decide(self.steps_taken, stats, lr, decay)
@@ -197,8 +199,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             fused_step = None
             if any(d is FUSED for d in directions):
                 self._last_step["fused"] = sum(d is FUSED for d in directions)
-                fused_step = lambda p, keep_rows, scale_rows: self._fused.apply(  # noqa: E731
-                    p, self.state[p], group, keep_rows, scale_rows, lr)
+                fused_step = lambda items: self._fused.apply(  # noqa: E731
+                    [(p, self.state[p], keep_rows, scale_rows) for p, keep_rows, scale_rows in items], group, lr)
             self._sweeps.apply(directions, keep, factor, lr, decay, fused_step)
 
     def _group_stats(self, sums: torch.Tensor, need: torch.Tensor | None) -> GroupStats:

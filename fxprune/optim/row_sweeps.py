@@ -139,8 +139,9 @@ class RowSweeps:
 
         ``keep`` and ``factor`` (F) are float64 ``[num_zigs + 1]`` (sentinel included) on the
         parameters' device; ``factor`` None means F = 1.  A direction that is ``FUSED`` (see
-        fused_sweeps.py) lives in the fused kernels: ``fused_step(p, keep_rows, scale_rows)``
-        updates that parameter, with per-row views in its dtype (scale None: 1).
+        fused_sweeps.py) lives in the fused kernels: ``fused_step`` gets one list of
+        ``(p, keep_rows, scale_rows)`` for all of them, with per-row views in p's dtype
+        (scale None: 1), and updates those parameters.
         """
         zigs = self.zigs
         if not zigs.params:
@@ -153,13 +154,14 @@ class RowSweeps:
             # Slices whose multiplier is exactly 1 everywhere skip the multiply (x·1 = x).
             scaling = zigs.slices_with(scale_rows != 1.0)
         filled: set = set()
+        fused: list[tuple] = []
         for p, u in zip(zigs.params, directions):
             if not p.requires_grad:
                 continue  # frozen (even after its groups were marked): never changed
             slices = zigs.slices_of[id(p)]
             if u is FUSED:  # one dim-0 slice, SGD (decay 1): see fused_sweeps.FusedSweeps.covers
                 keep_view, scale_view = self._update_views(p, slices[0], keep_rows, scale_rows, filled)
-                fused_step(p, keep_view, scale_view if scaling is not None else None)
+                fused.append((p, keep_view, scale_view if scaling is not None else None))
                 continue
             if u is None:  # no gradient: like torch, no base step (no decay); only the group factors act
                 if factor is not None and any(scaling[s.index] for s in slices):
@@ -181,6 +183,8 @@ class RowSweeps:
                 elif decay != 1.0:
                     p.mul_(decay)
             p.addcmul_(u, keep_view, value=-lr)
+        if fused:
+            fused_step(fused)
 
 
     def _update_views(self, p: torch.Tensor, s: ProducerSlice, keep_rows: torch.Tensor,
