@@ -186,7 +186,6 @@ class RowSweeps:
         if fused:
             fused_step(fused)
 
-
     def _update_views(self, p: torch.Tensor, s: ProducerSlice, keep_rows: torch.Tensor,
                       scale_rows: torch.Tensor | None, filled: set) -> tuple[torch.Tensor, torch.Tensor]:
         """Slice ``s``'s keep and scale rows in p's dtype, broadcastable to p (scale stale if None)."""
