@@ -1,4 +1,4 @@
-"""The fused CPU kernels (numba) take the SGD rule's pruning steps and prune like the eager path.
+"""The fused CPU kernels (numba) take the pruning steps of the SGD and Adam rules and prune like the eager path.
 
 The kernels add row sums in another order (and in float64), so the check is on the
 decisions (marked and zero sets, the exact target) and on the parameters to float
@@ -71,6 +71,8 @@ def test_fused_dhspg_prunes_like_eager(setting):
     # pruning steps that read sums; a first momentum step creates the buffers eagerly.
     first = 1 if "momentum" in SGD_SETTINGS[setting] else 0
     assert counts[0] == 0 and all(c == 8 for c in counts[1 + first:10])
+    # Holding zeros afterwards needs no sums: SGD's eager step is as cheap there, and runs.
+    assert not any(counts[10:])
     assert not any(eager[2])
     assert int(fused[1].zero_zigs().sum()) == fused[1].target_zero_count
     assert_same_pruning(fused, eager, tol=1e-5)
@@ -113,10 +115,41 @@ def test_without_numba_every_step_runs_eagerly(monkeypatch):
     assert int(opt.zero_zigs().sum()) == opt.target_zero_count
 
 
-def test_adam_variants_do_not_use_the_sgd_kernels():
-    _, opt, counts = run(lambda space, kw: DHSPG(space, lr=0.01, variant="adamw", target_group_sparsity=0.5,
-                                                 start_pruning_step=1, pruning_steps=9), {}, fused=True)
-    assert opt._fused is None and not any(counts)
+ADAM_SETTINGS = {
+    "adam": dict(variant="adam", lr=0.01),
+    "adam-l2": dict(variant="adam", lr=0.01, weight_decay=1e-2, betas=(0.8, 0.99), eps=1e-6),
+    "adamw": dict(variant="adamw", lr=0.01, weight_decay=0.05),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(ADAM_SETTINGS))
+def test_fused_adam_steps_prune_like_eager(setting):
+    def make(space, kw):
+        return DHSPG(space, target_group_sparsity=0.5, start_pruning_step=0, pruning_steps=9, pruning_periods=2, **kw)
+
+    fused = run(make, ADAM_SETTINGS[setting], fused=True)
+    eager = run(make, ADAM_SETTINGS[setting], fused=False)
+    # Adam's moments are created in the kernels' first pass: the very first step already runs fused,
+    # and so do the steps that hold the zero groups afterwards.
+    assert all(c == 8 for c in fused[2]) and not any(eager[2])
+    assert int(fused[1].zero_zigs().sum()) == fused[1].target_zero_count
+    assert_same_pruning(fused, eager, tol=1e-5)
+    for p in fused[0].parameters():  # the moments and step counts match too
+        state_f = fused[1].state[p]
+        state_e = eager[1].state[dict(zip(map(id, fused[0].parameters()), eager[0].parameters()))[id(p)]]
+        assert float(state_f["step"]) == float(state_e["step"])
+        torch.testing.assert_close(state_f["exp_avg_sq"], state_e["exp_avg_sq"], rtol=1e-5, atol=1e-7)
+
+
+def test_hesso_with_adamw_prunes_like_eager():
+    def make(space, kw):
+        return HESSO(space, lr=0.01, variant="adamw", weight_decay=0.05, target_group_sparsity=0.5,
+                     start_pruning_step=1, pruning_steps=9)
+
+    fused = run(make, {}, fused=True)
+    eager = run(make, {}, fused=False)
+    assert sum(fused[2]) > 0
+    assert_same_pruning(fused, eager, tol=1e-5)
 
 
 def test_kernels_match_the_sgd_formulas_row_by_row():
@@ -150,3 +183,27 @@ def test_with_more_threads_than_the_kernels_are_used_for_every_step_runs_eagerly
         torch.set_num_threads(before)
     assert opt._fused is not None and not any(counts)
     assert int(opt.zero_zigs().sum()) == opt.target_zero_count
+
+
+def test_adam_kernels_match_the_adam_formulas_row_by_row():
+    gen = torch.Generator().manual_seed(0)
+    x, g, m = (torch.randn(4, 6, generator=gen, dtype=torch.float64) for _ in range(3))
+    v = torch.rand(4, 6, generator=gen, dtype=torch.float64)
+    wd, beta1, beta2, eps, step = 0.01, 0.9, 0.99, 1e-8, 3
+    bc1, bc2_sqrt = 1 - beta1**step, (1 - beta2**step) ** 0.5
+    d = g + wd * x
+    new_m, new_v = m + (1 - beta1) * (d - m), beta2 * v + (1 - beta2) * d * d
+    u = (new_m / bc1) / (new_v.sqrt() / bc2_sqrt + eps)
+    out = torch.zeros(3, 4, dtype=torch.float64)
+    scalars = cpu_kernels.as_dtype((wd, 1 - beta1, beta2, 1 - beta2, bc2_sqrt, eps, bc1), x.numpy().dtype)
+    cpu_kernels.adam_direction_row_sums(x.numpy(), g.numpy(), m.numpy(), v.numpy(), torch.ones(4, dtype=torch.uint8).numpy(),
+                                        out.numpy(), *scalars)
+    torch.testing.assert_close(m, new_m)
+    torch.testing.assert_close(v, new_v)
+    torch.testing.assert_close(out, torch.stack([(x * x).sum(1), (x * u).sum(1), (u * u).sum(1)]))
+
+    scale, keep = torch.rand(4, generator=gen, dtype=torch.float64), torch.tensor([1.0, 0, 1, 1], dtype=torch.float64)
+    expected_x = scale[:, None] * x - 0.01 * keep[:, None] * u
+    cpu_kernels.adam_apply_rows(x.numpy(), m.numpy(), v.numpy(), scale.numpy(), keep.numpy(),
+                                *cpu_kernels.as_dtype((-0.01, bc2_sqrt, eps, bc1), x.numpy().dtype))
+    torch.testing.assert_close(x, expected_x)

@@ -87,7 +87,7 @@ class AdamRule(BaseRule):
         self.decoupled = decoupled_weight_decay
 
     @staticmethod
-    def _init_state(param: torch.Tensor, state: dict) -> None:
+    def init_state(param: torch.Tensor, state: dict) -> None:
         if "step" not in state:
             # Same layout as torch: a float32 CPU scalar step, fp moments like the param.
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
@@ -100,7 +100,7 @@ class AdamRule(BaseRule):
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
         for p, s in zip(params, states):
-            self._init_state(p, s)
+            self.init_state(p, s)
         steps = [s["step"] for s in states]
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
@@ -125,7 +125,7 @@ class AdamRule(BaseRule):
     def direction(self, param, grad, state, group):
         wd, eps = group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
-        self._init_state(param, state)
+        self.init_state(param, state)
         state["step"].add_(1.0)
         step = state["step"].item()
         if wd != 0 and not self.decoupled:

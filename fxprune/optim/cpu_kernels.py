@@ -1,4 +1,4 @@
-"""Numba kernels for the SGD rule's group step on the CPU: one pass per tensor where eager torch needs four.
+"""Numba kernels for the group step of the SGD and Adam rules on the CPU: two passes per tensor.
 
 Eager, a step that needs the per-row sums runs the momentum update, then ‖x‖², ⟨x,u⟩
 and ‖u‖² as separate kernels, then ``x·scale`` and ``− lr·keep·u``: each a trip through
@@ -12,11 +12,16 @@ memory, and a single CPU core streams memory at only about 20 GB/s.  Here
   ``x <- scale·x − lr·keep·u`` in the same pass.
 
 That is as many trips through memory as ``torch.optim.SGD(foreach=True)`` makes.
+``adam_direction_row_sums`` and ``adam_apply_rows`` do the same for Adam/AdamW
+(``base_rules.AdamRule.direction``): pass 1 stores both moments, pass 2 re-forms
+u = m̂/(√v̂ + eps) from them.
 Sums are added in another order than torch's (and in float64), and the compiler may
 fuse a multiply and an add, so results equal the eager path up to float rounding.
 
 Only ``reassoc`` and ``contract`` of LLVM's fast-math flags are on: reassociation lets
-the row sums vectorise; NaN and inf keep their IEEE meaning.
+the row sums vectorise; NaN and inf keep their IEEE meaning.  ``error_model="numpy"``
+makes a division by zero give inf or NaN, as in torch, instead of a Python exception;
+the check that exception needs would also keep Adam's loops from vectorising (7× slower).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import numpy as np
 _FLAGS = {"reassoc", "contract"}
 
 
-@numba.njit(fastmath=_FLAGS, cache=True, nogil=True)
+@numba.njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
 def sgd_direction_row_sums(x, g, buf, want, out, weight_decay, momentum, undamped, nesterov):
     """Rows of 2-D x, g, buf (buf unused when momentum == 0): update buf; where want[r], out[:, r] = sums.
 
@@ -64,7 +69,7 @@ def sgd_direction_row_sums(x, g, buf, want, out, weight_decay, momentum, undampe
             out[2, r] = uu
 
 
-@numba.njit(fastmath=_FLAGS, cache=True, nogil=True)
+@numba.njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
 def sgd_apply_rows(x, g, buf, scale, keep, neg_lr, weight_decay, momentum, nesterov):
     """x[r] <- scale[r]·x[r] − lr·keep[r]·u[r], with u re-formed from g, the stored buf and the old x."""
     rows, width = x.shape
@@ -82,6 +87,51 @@ def sgd_apply_rows(x, g, buf, scale, keep, neg_lr, weight_decay, momentum, neste
                 if nesterov:
                     u = u + momentum * buf[r, k]
             x[r, k] = xv * s + c * u
+
+
+@numba.njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
+def adam_direction_row_sums(x, g, m, v, want, out, weight_decay, one_minus_beta1, beta2, one_minus_beta2,
+                            bias_correction2_sqrt, eps, bias_correction1):
+    """Adam's moments of 2-D x, g (weight_decay > 0: L2, added to g), then sums as in sgd_direction_row_sums.
+
+    u = (m / bc1) / (√v / √bc2 + eps), formed as m / ((√v / √bc2 + eps)·bc1) like the eager rule.
+    """
+    rows, width = x.shape
+    for r in range(rows):
+        xx = 0.0
+        xu = 0.0
+        uu = 0.0
+        for k in range(width):
+            xv = x[r, k]
+            d = g[r, k]
+            if weight_decay != 0.0:
+                d = d + weight_decay * xv
+            mk = m[r, k] + one_minus_beta1 * (d - m[r, k])
+            vk = beta2 * v[r, k] + one_minus_beta2 * d * d
+            m[r, k] = mk
+            v[r, k] = vk
+            u = mk / ((np.sqrt(vk) / bias_correction2_sqrt + eps) * bias_correction1)
+            xf = np.float64(xv)
+            uf = np.float64(u)
+            xx += xf * xf
+            xu += xf * uf
+            uu += uf * uf
+        if want[r]:
+            out[0, r] = xx
+            out[1, r] = xu
+            out[2, r] = uu
+
+
+@numba.njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
+def adam_apply_rows(x, m, v, scale, keep, neg_lr, bias_correction2_sqrt, eps, bias_correction1):
+    """x[r] <- scale[r]·x[r] − lr·keep[r]·u[r], with u re-formed from the stored moments."""
+    rows, width = x.shape
+    for r in range(rows):
+        s = scale[r]
+        c = neg_lr * keep[r]
+        for k in range(width):
+            u = m[r, k] / ((np.sqrt(v[r, k]) / bias_correction2_sqrt + eps) * bias_correction1)
+            x[r, k] = x[r, k] * s + c * u
 
 
 def as_dtype(values, dtype: np.dtype) -> tuple:

@@ -1,15 +1,18 @@
-"""The CPU fast path of a group step for the SGD rule: numba kernels (cpu_kernels.py) per tensor.
+"""The CPU fast path of a group step: numba kernels (cpu_kernels.py), two passes per tensor.
 
-On by default wherever it applies; a parameter it does not cover takes the eager
-path of row_sweeps.py in the same step.  It covers a prunable parameter when:
+On by default for every group step that needs per-group sums (the pruning steps),
+and with Adam/AdamW for the group steps that hold zero groups afterwards too (see
+``FusedSweeps.pays``).  A parameter the kernels do not cover takes the eager
+path of row_sweeps.py in the same step.  They cover a prunable parameter when:
 
-* the base rule is SGD and numba can be imported;
-* the parameter, its gradient and (with momentum) its momentum buffer are float32 or
-  float64 CPU tensors of one dtype, contiguous and dense;
+* numba can be imported (any base rule: SGD, Adam, AdamW);
+* the parameter, its gradient and its optimizer state (momentum buffer, Adam's
+  moments) are float32 or float64 CPU tensors of one dtype, contiguous and dense;
 * the parameter is in ZIGs along one dim, dim 0 (its rows are contiguous).
 
-The first momentum step, which creates the buffer, runs eagerly.  Kernels compile on
-first use (about a second per dtype, then cached on disk by numba).
+SGD's first momentum step, which creates the buffer, runs eagerly (Adam's moments
+start at zero and are created here).  Kernels compile on first use (about a second
+per kernel and dtype, then cached on disk by numba).
 
 The kernels run on one core.  They are used while torch has at most ``MAX_THREADS``
 intra-op threads: on the 2-core machine this was measured on, DHSPG's pruning step on
@@ -27,6 +30,7 @@ import warnings
 import numpy as np
 import torch
 
+from .base_rules import AdamRule
 from .group_ops import ProducerSlice, ZigIndex
 from .row_sweeps import ALL_ROWS, RowSweeps
 
@@ -48,22 +52,30 @@ def load_kernels():
 
 
 class FusedSweeps:
-    """Per-parameter fused passes (SGD rule, CPU) writing into a RowSweeps' row sums."""
+    """Per-parameter fused passes (CPU) of one base rule, writing into a RowSweeps' row sums."""
 
-    def __init__(self, zigs: ZigIndex, sweeps: RowSweeps, kernels):
+    def __init__(self, zigs: ZigIndex, sweeps: RowSweeps, kernels, variant: str):
         self.zigs = zigs
         self.sweeps = sweeps
         self.kernels = kernels
+        self.adam = variant in ("adam", "adamw")
+        self.coupled_decay = variant == "adam"  # Adam's L2 term enters the gradient; AdamW's decay is a scale
         self._want: dict[int, tuple[object, object]] = {}  # slice index -> (mode, uint8 row mask)
-        self._views: dict[int, tuple] = {}  # id(param) -> (storage key, x, buffer, row-sum columns)
+        self._views: dict[int, tuple] = {}  # id(param) -> (storage key, x, state arrays, row-sum columns)
         self._scalars: dict[tuple, tuple] = {}
         self._flat_views: dict[int, tuple] = {}
-        self._ones_cache: dict[tuple, object] = {}
 
-    @staticmethod
-    def in_use() -> bool:
-        """Whether this step should take the kernels at all (see MAX_THREADS)."""
-        return torch.get_num_threads() <= MAX_THREADS
+    def pays(self, need_sums: bool) -> bool:
+        """Whether this group step should take the kernels at all.
+
+        Not above MAX_THREADS; and not for an SGD step that needs no sums, where the eager
+        step makes the same passes over memory without reading x for sums (measured 0.85×
+        torch's SGD eagerly, 1.15× fused, when holding zeros on ResNet-50).  Adam's eager
+        direction takes several passes, so its steps without sums pay too (1.11× → 0.41×).
+        """
+        if torch.get_num_threads() > MAX_THREADS:
+            return False
+        return need_sums or self.adam
 
     def covers(self, p: torch.Tensor, group: dict, state: dict) -> bool:
         """Whether this step can take ``p`` through the kernels (checked every step: gradients come and go)."""
@@ -73,70 +85,93 @@ class FusedSweeps:
                 or p.dtype not in _FLOAT_DTYPES or not p.is_contiguous() or g is None or g.dtype != p.dtype
                 or g.is_sparse or not g.is_contiguous() or g.device != p.device):
             return False
-        if group["momentum"] != 0:
-            buf = state.get("momentum_buffer")
-            if buf is None or buf.dtype != p.dtype or buf.device != p.device or not buf.is_contiguous():
+        if self.adam:
+            names = ("exp_avg", "exp_avg_sq") if "step" in state else ()  # no state yet: created in pass 1
+        else:
+            names = ("momentum_buffer",) if group["momentum"] != 0 else ()
+        for name in names:
+            t = state.get(name)
+            if t is None or t.dtype != p.dtype or t.device != p.device or not t.is_contiguous():
                 return False
         return True
 
     def direction_and_sums(self, items: list[tuple], group: dict) -> None:
-        """For each ``(p, state, mode)``: store p's SGD momentum buffer and write its row sums where
-        ``mode`` (None, ALL_ROWS or a LongTensor of rows) asks for them."""
+        """For each ``(p, state, mode)``: store p's base-rule state (momentum buffer or moments) and
+        write its row sums where ``mode`` (None, ALL_ROWS or a LongTensor of rows) asks for them."""
         calls = []
         for p, state, mode in items:
             s = self.zigs.slices_of[id(p)][0]
-            x, g, buf, cols = self._arrays(p, s, state, group)
-            weight_decay, momentum, undamped, _ = self._hyper(x.dtype, group, 0.0)
-            calls.append((x, g, buf, self._wanted_rows(s, mode), cols, weight_decay, momentum, undamped,
-                          group["nesterov"]))
-        self._run(self.kernels.sgd_direction_row_sums, calls)
+            if self.adam:
+                AdamRule.init_state(p, state)
+                state["step"].add_(1.0)
+            x, g, moments, cols = self._arrays(p, s, state, group)
+            want = self._wanted_rows(s, mode)
+            if self.adam:
+                beta1, beta2 = group["betas"]
+                wd = group["weight_decay"] if self.coupled_decay else 0.0
+                calls.append((self.kernels.adam_direction_row_sums, (x, g, *moments, want, cols, *self._scalars_of(
+                    x.dtype, wd, 1 - beta1, beta2, 1 - beta2, *self._adam_corrections(state, group)))))
+            else:
+                calls.append((self.kernels.sgd_direction_row_sums, (x, g, *moments, want, cols, *self._scalars_of(
+                    x.dtype, group["weight_decay"], group["momentum"], 1.0 - group["dampening"]),
+                    group["nesterov"])))
+        _run(calls)
 
-    def apply(self, items: list[tuple], group: dict, lr: float) -> None:
+    def apply(self, items: list[tuple], group: dict, lr: float, decay: float) -> None:
         """For each ``(p, state, keep, scale)``: ``x <- scale·x − lr·keep·u``, with ``keep`` and ``scale``
-        per-row views in p's dtype (scale None: 1), u re-formed from what pass 1 stored."""
+        per-row views in p's dtype (scale None: ``decay`` everywhere), u re-formed from what pass 1 stored."""
         calls = []
         for p, state, keep, scale in items:
             s = self.zigs.slices_of[id(p)][0]
-            x, g, buf, _ = self._arrays(p, s, state, group)
-            weight_decay, momentum, _, neg_lr = self._hyper(x.dtype, group, -lr)
-            scale = self._ones(s.length, x.dtype) if scale is None else self._flat(scale)
-            calls.append((x, g, buf, scale, self._flat(keep), neg_lr, weight_decay, momentum, group["nesterov"]))
-        self._run(self.kernels.sgd_apply_rows, calls)
+            x, g, moments, _ = self._arrays(p, s, state, group)
+            scale = np.full(s.length, decay, dtype=x.dtype) if scale is None else self._flat(scale)
+            if self.adam:
+                calls.append((self.kernels.adam_apply_rows, (x, *moments, scale, self._flat(keep), *self._scalars_of(
+                    x.dtype, -lr, *self._adam_corrections(state, group)))))
+            else:
+                calls.append((self.kernels.sgd_apply_rows, (x, g, *moments, scale, self._flat(keep), *self._scalars_of(
+                    x.dtype, -lr, group["weight_decay"], group["momentum"]), group["nesterov"])))
+        _run(calls)
 
     @staticmethod
-    def _run(kernel, calls: list[tuple]) -> None:
-        for args in calls:
-            kernel(*args)
+    def _adam_corrections(state: dict, group: dict) -> tuple[float, float, float]:
+        """√bc2, eps and bc1 of this step, as the eager rule computes them."""
+        beta1, beta2 = group["betas"]
+        step = state["step"].item()
+        return (1 - beta2**step) ** 0.5, group["eps"], 1 - beta1**step
 
     def _arrays(self, p: torch.Tensor, s: ProducerSlice, state: dict, group: dict):
-        """NumPy views ``[rows, rest]`` of x, its gradient and momentum buffer, and its row-sum columns.
+        """NumPy views ``[rows, rest]`` of x, its gradient and its rule state (momentum buffer, or
+        Adam's two moments; SGD without momentum: the gradient stands in), and its row-sum columns.
 
-        The views of x, the buffer and the columns are kept while their storage stays the
-        same (a step makes thousands of these calls); the gradient's view is made afresh,
+        The views of x, the state and the columns are kept while their storage stays the
+        same (a step makes hundreds of these calls); the gradient's view is made afresh,
         so that no gradient is kept alive after ``zero_grad``.
         """
-        buf = state.get("momentum_buffer") if group["momentum"] != 0 else None
-        key = (p.data_ptr(), None if buf is None else buf.data_ptr())
+        if self.adam:
+            tensors = (state["exp_avg"], state["exp_avg_sq"])
+        else:
+            tensors = (state["momentum_buffer"],) if group["momentum"] != 0 else ()
+        key = (p.data_ptr(), *(t.data_ptr() for t in tensors))
         cached = self._views.get(id(p))
         if cached is None or cached[0] != key:
             rows = p.shape[0]
             x = p.detach().view(rows, -1).numpy()
             cols = self.sweeps.columns(p, s).numpy()
-            cached = self._views[id(p)] = (key, x, None if buf is None else buf.view(rows, -1).numpy(), cols)
-        _, x, buf_rows, cols = cached
+            cached = self._views[id(p)] = (key, x, tuple(t.view(rows, -1).numpy() for t in tensors), cols)
+        _, x, moments, cols = cached
         g = p.grad.view(x.shape).numpy()
-        return x, g, g if buf_rows is None else buf_rows, cols
+        return x, g, moments or (g,), cols
 
-    def _hyper(self, dtype, group: dict, neg_lr: float) -> tuple:
-        """weight decay, momentum, 1 − dampening and −lr as scalars of ``dtype`` (kernel arithmetic stays in it)."""
-        key = (dtype, group["weight_decay"], group["momentum"], group["dampening"], neg_lr)
-        values = self._scalars.get(key)
-        if values is None:
+    def _scalars_of(self, dtype, *values: float) -> tuple:
+        """``values`` as scalars of ``dtype``, so that the kernels' arithmetic stays in it."""
+        key = (dtype, values)
+        scalars = self._scalars.get(key)
+        if scalars is None:
             if len(self._scalars) > 64:  # an LR schedule makes a new key every step
                 self._scalars.clear()
-            values = self._scalars[key] = self.kernels.as_dtype(
-                (group["weight_decay"], group["momentum"], 1.0 - group["dampening"], neg_lr), dtype)
-        return values
+            scalars = self._scalars[key] = self.kernels.as_dtype(values, dtype)
+        return scalars
 
     def _flat(self, view: torch.Tensor):
         """A NumPy view of one of RowSweeps' persistent per-row views (kept: they live as long as it does)."""
@@ -144,12 +179,6 @@ class FusedSweeps:
         if cached is None or cached[0] is not view:
             cached = self._flat_views[id(view)] = (view, view.reshape(-1).numpy())
         return cached[1]
-
-    def _ones(self, length: int, dtype):
-        key = (length, dtype)
-        if key not in self._ones_cache:
-            self._ones_cache[key] = np.ones(length, dtype=dtype)
-        return self._ones_cache[key]
 
     def _wanted_rows(self, s: ProducerSlice, mode):
         """uint8 [length]: 1 where ``mode`` (None, ALL_ROWS or a LongTensor of rows) asks for sums."""
@@ -164,3 +193,7 @@ class FusedSweeps:
         self._want[s.index] = (mode, want.numpy())
         return self._want[s.index][1]
 
+
+def _run(calls: list[tuple]) -> None:
+    for kernel, args in calls:
+        kernel(*args)

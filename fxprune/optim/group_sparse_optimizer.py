@@ -75,8 +75,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self._sweeps = RowSweeps(self.zigs)
         self._stats_cache: tuple[torch.Tensor, list] | None = None  # (needed ZIGs, per-slice modes)
         self._compiled = CompiledSweeps(self.zigs) if compiled else None
-        kernels = load_kernels() if variant == "sgd" else None
-        self._fused = FusedSweeps(self.zigs, self._sweeps, kernels) if kernels is not None else None
+        kernels = load_kernels()
+        self._fused = FusedSweeps(self.zigs, self._sweeps, kernels, variant) if kernels is not None else None
         self._warned_frozen = False
 
     def add_param_group(self, param_group: dict) -> None:
@@ -169,12 +169,12 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             stats = self._group_stats(self.zigs.sum_rows([self._compiled.row_sums(group, self.state)], device), need)
         else:
             modes = self._stats_modes(need) if need_stats else None
-            # The fused CPU kernels take the steps that need sums (see fused_sweeps.py).
-            fused = self._fused if modes is not None and self._fused is not None and self._fused.in_use() else None
+            fused = self._fused if self._fused is not None and self._fused.pays(need_stats) else None
             directions, fused_items = [], []
             for p in self.zigs.params:
                 if fused is not None and fused.covers(p, group, self.state[p]):
-                    fused_items.append((p, self.state[p], modes[self.zigs.slices_of[id(p)][0].index]))
+                    mode = modes[self.zigs.slices_of[id(p)][0].index] if modes is not None else None
+                    fused_items.append((p, self.state[p], mode))
                     directions.append(FUSED)
                     continue
                 if p.grad is None:
@@ -200,7 +200,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             if any(d is FUSED for d in directions):
                 self._last_step["fused"] = sum(d is FUSED for d in directions)
                 fused_step = lambda items: self._fused.apply(  # noqa: E731
-                    [(p, self.state[p], keep_rows, scale_rows) for p, keep_rows, scale_rows in items], group, lr)
+                    [(p, self.state[p], keep_rows, scale_rows) for p, keep_rows, scale_rows in items], group, lr, decay)
             self._sweeps.apply(directions, keep, factor, lr, decay, fused_step)
 
     def _group_stats(self, sums: torch.Tensor, need: torch.Tensor | None) -> GroupStats:

@@ -159,7 +159,7 @@ class RowSweeps:
             if not p.requires_grad:
                 continue  # frozen (even after its groups were marked): never changed
             slices = zigs.slices_of[id(p)]
-            if u is FUSED:  # one dim-0 slice, SGD (decay 1): see fused_sweeps.FusedSweeps.covers
+            if u is FUSED:  # one dim-0 slice: see fused_sweeps.FusedSweeps.covers
                 keep_view, scale_view = self._update_views(p, slices[0], keep_rows, scale_rows, filled)
                 fused.append((p, keep_view, scale_view if scaling is not None else None))
                 continue
