@@ -207,3 +207,18 @@ def test_adam_kernels_match_the_adam_formulas_row_by_row():
     cpu_kernels.adam_apply_rows(x.numpy(), m.numpy(), v.numpy(), scale.numpy(), keep.numpy(),
                                 *cpu_kernels.as_dtype((-0.01, bc2_sqrt, eps, bc1), x.numpy().dtype))
     torch.testing.assert_close(x, expected_x)
+
+
+def test_gradients_that_require_grad_run_fused():
+    # backward(create_graph=True) leaves gradients that require grad themselves.
+    torch.manual_seed(0)
+    model = small_cnn()
+    opt = OPTIMIZERS["dhspg"](stand_in_space(model), dict(momentum=0.9))
+    fused = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        model(torch.randn(2, 3, 8, 8)).square().sum().backward(create_graph=True)
+        opt.step()
+        fused.append(opt.stats()["last_step"].get("fused", 0))
+    assert max(fused) == 8
+    assert int(opt.zero_zigs().sum()) == opt.target_zero_count

@@ -35,6 +35,7 @@ from .group_ops import ProducerSlice, ZigIndex
 from .row_sweeps import ALL_ROWS, RowSweeps
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+_PLAIN = (torch.nn.Parameter, torch.Tensor)
 MAX_THREADS = 2
 
 
@@ -81,9 +82,11 @@ class FusedSweeps:
         """Whether this step can take ``p`` through the kernels (checked every step: gradients come and go)."""
         slices = self.zigs.slices_of[id(p)]
         g = p.grad
-        if (len(slices) != 1 or slices[0].dim != 0 or not p.requires_grad or p.device.type != "cpu"
-                or p.dtype not in _FLOAT_DTYPES or not p.is_contiguous() or g is None or g.dtype != p.dtype
-                or g.is_sparse or not g.is_contiguous() or g.device != p.device):
+        # Plain tensors only: a tensor subclass or a lazily negated view has no NumPy view of its memory.
+        if (len(slices) != 1 or slices[0].dim != 0 or not p.requires_grad or type(p) not in _PLAIN
+                or p.device.type != "cpu" or p.dtype not in _FLOAT_DTYPES or not p.is_contiguous() or p.is_neg()
+                or g is None or type(g) is not torch.Tensor or g.dtype != p.dtype or g.is_sparse
+                or not g.is_contiguous() or g.device != p.device or g.is_neg()):
             return False
         if self.adam:
             names = ("exp_avg", "exp_avg_sq") if "step" in state else ()  # no state yet: created in pass 1
@@ -160,7 +163,7 @@ class FusedSweeps:
             cols = self.sweeps.columns(p, s).numpy()
             cached = self._views[id(p)] = (key, x, tuple(t.view(rows, -1).numpy() for t in tensors), cols)
         _, x, moments, cols = cached
-        g = p.grad.view(x.shape).numpy()
+        g = p.grad.detach().view(x.shape).numpy()  # (a gradient from backward(create_graph=True) requires grad)
         return x, g, moments or (g,), cols
 
     def _scalars_of(self, dtype, *values: float) -> tuple:
