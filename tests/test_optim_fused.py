@@ -209,6 +209,7 @@ def test_adam_kernels_match_the_adam_formulas_row_by_row():
     torch.testing.assert_close(x, expected_x)
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
 def test_gradients_that_require_grad_run_fused():
     # backward(create_graph=True) leaves gradients that require grad themselves.
     torch.manual_seed(0)
