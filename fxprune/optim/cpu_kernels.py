@@ -31,6 +31,22 @@ import numpy as np
 _FLAGS = {"reassoc", "contract"}
 
 
+@numba.njit(fastmath=_FLAGS, inline="always")
+def _accumulate(xx, xu, uu, xv, u):
+    """One element's share of ‖x‖², ⟨x,u⟩, ‖u‖², added in float64."""
+    xf = np.float64(xv)
+    uf = np.float64(u)
+    return xx + xf * xf, xu + xf * uf, uu + uf * uf
+
+
+@numba.njit(inline="always")
+def _store_sums(out, want, r, xx, xu, uu):
+    if want[r]:
+        out[0, r] = xx
+        out[1, r] = xu
+        out[2, r] = uu
+
+
 @numba.njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
 def sgd_direction_row_sums(x, g, buf, want, out, weight_decay, momentum, undamped, nesterov):
     """Rows of 2-D x, g, buf (buf unused when momentum == 0): update buf; where want[r], out[:, r] = sums.
@@ -58,15 +74,8 @@ def sgd_direction_row_sums(x, g, buf, want, out, weight_decay, momentum, undampe
                 u = d + momentum * b if nesterov else b
             else:
                 u = d
-            xf = np.float64(xv)
-            uf = np.float64(u)
-            xx += xf * xf
-            xu += xf * uf
-            uu += uf * uf
-        if want[r]:
-            out[0, r] = xx
-            out[1, r] = xu
-            out[2, r] = uu
+            xx, xu, uu = _accumulate(xx, xu, uu, xv, u)
+        _store_sums(out, want, r, xx, xu, uu)
 
 
 @numba.njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
@@ -111,15 +120,8 @@ def adam_direction_row_sums(x, g, m, v, want, out, weight_decay, one_minus_beta1
             m[r, k] = mk
             v[r, k] = vk
             u = mk / ((np.sqrt(vk) / bias_correction2_sqrt + eps) * bias_correction1)
-            xf = np.float64(xv)
-            uf = np.float64(u)
-            xx += xf * xf
-            xu += xf * uf
-            uu += uf * uf
-        if want[r]:
-            out[0, r] = xx
-            out[1, r] = xu
-            out[2, r] = uu
+            xx, xu, uu = _accumulate(xx, xu, uu, xv, u)
+        _store_sums(out, want, r, xx, xu, uu)
 
 
 @numba.njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
