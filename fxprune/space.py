@@ -19,6 +19,7 @@ from passes.zig_build import Group, ZigIndex, build_zigs
 
 from .errors import InputError, VerificationError, first_line
 from .layout import ZigLayout
+from .optim.group_ops import row_abs_max
 from .tracing import forward_parameters, specialized_keywords, symbolic_trace
 
 
@@ -122,8 +123,7 @@ class PruneSpace:
         out = torch.zeros(self.num_zigs, dtype=torch.float64)
         named = self._params()
         for m in self.layout.producers:
-            t = named[m.name].detach()
-            per_index = t.abs().movedim(m.dim, 0).reshape(t.shape[m.dim], -1).amax(dim=1).double().cpu()
+            per_index = row_abs_max(named[m.name].detach(), m.dim).double().cpu()
             valid = m.zig >= 0
             out.scatter_reduce_(0, m.zig[valid], per_index[valid], reduce="amax")
         return out

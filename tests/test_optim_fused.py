@@ -161,7 +161,7 @@ def test_kernels_match_the_sgd_formulas_row_by_row():
     new_buf = momentum * buf + undamped * (g + wd * x)
     u = (g + wd * x) + momentum * new_buf  # Nesterov
     cpu_kernels.sgd_direction_row_sums(x.numpy(), g.numpy(), buf.numpy(), want.numpy(), out.numpy(),
-                                       *cpu_kernels.as_dtype((wd, momentum, undamped), x.numpy().dtype), True)
+                                       *cpu_kernels.as_dtype((wd, momentum, undamped), x.numpy().dtype), True, True)
     torch.testing.assert_close(buf, new_buf)
     expected = torch.stack([(x * x).sum(1), (x * u).sum(1), (u * u).sum(1)])
     torch.testing.assert_close(out[:, want.bool()], expected[:, want.bool()])
@@ -170,7 +170,7 @@ def test_kernels_match_the_sgd_formulas_row_by_row():
     scale, keep = torch.rand(5, generator=gen, dtype=torch.float64), torch.tensor([1.0, 0, 1, 1, 0], dtype=torch.float64)
     expected_x = scale[:, None] * x - 0.1 * keep[:, None] * u
     cpu_kernels.sgd_apply_rows(x.numpy(), g.numpy(), buf.numpy(), scale.numpy(), keep.numpy(),
-                               *cpu_kernels.as_dtype((-0.1, wd, momentum), x.numpy().dtype), True)
+                               *cpu_kernels.as_dtype((-0.1, wd, momentum), x.numpy().dtype), True, True)
     torch.testing.assert_close(x, expected_x)
 
 
@@ -223,3 +223,85 @@ def test_gradients_that_require_grad_run_fused():
         fused.append(opt.stats()["last_step"].get("fused", 0))
     assert max(fused) == 8
     assert int(opt.zero_zigs().sum()) == opt.target_zero_count
+
+
+def test_a_step_counts_as_an_in_place_write_for_autograd():
+    # A graph that saved the weight before the step must refuse to backpropagate afterwards, as with
+    # torch's optimizers: the kernels write through NumPy views, which autograd does not see by itself.
+    torch.manual_seed(0)
+    model = small_cnn()
+    opt = OPTIMIZERS["dhspg"](stand_in_space(model), dict(momentum=0.9))
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        opt.step()
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    out = model[0](x).square().sum()
+    out.backward(retain_graph=True)
+    weight, buffer = model[0].weight, opt.state[model[0].weight]["momentum_buffer"]
+    versions = weight._version, buffer._version
+    opt.step()
+    assert opt.stats()["last_step"]["fused"] > 0
+    assert weight._version > versions[0] and buffer._version > versions[1]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out, x)
+
+
+def test_rows_return_to_their_dtype_buffer_after_a_detour_through_another_dtype():
+    # Steps in float64 (eager: the momentum buffers stay float32) move a slice's row sums to the float64
+    # buffer; back in the same float32 storage, the fused pass must move them back, not add both.
+    def run_detour(fused):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+        opt = HSPG(stand_in_space(model), lr=0.1, momentum=0.9, lmbda=0.5, epsilon=0.3)
+        if not fused:
+            opt._fused = None
+        gen = torch.Generator().manual_seed(1)
+        for step in range(8):
+            if step == 2:
+                kept = [p.data for p in model.parameters()]
+                for p in model.parameters():
+                    p.data = p.data.double()
+            if step == 4:
+                for p, k in zip(model.parameters(), kept):
+                    k.copy_(p.data)
+                    p.data = k
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
+            opt.step()
+        return model, opt
+
+    fused_model, fused_opt = run_detour(True)
+    eager_model, eager_opt = run_detour(False)
+    assert fused_opt.stats()["last_step"]["fused"] > 0
+    for a, b in zip(fused_model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_momentum_that_rounds_to_zero_in_float32_still_writes_the_buffer():
+    def make(space, kw):  # every step inside the pruning window, so the last one runs fused
+        return DHSPG(space, lr=0.1, target_group_sparsity=0.5, start_pruning_step=1, pruning_steps=20, **kw)
+
+    fused = run(make, dict(momentum=1e-50), fused=True)
+    eager = run(make, dict(momentum=1e-50), fused=False)
+    assert fused[2][-1] == 8
+    for p_f, p_e in zip(fused[0].parameters(), eager[0].parameters()):
+        buf_f, buf_e = fused[1].state[p_f].get("momentum_buffer"), eager[1].state[p_e].get("momentum_buffer")
+        assert (buf_f is None) == (buf_e is None)
+        if buf_f is not None:
+            torch.testing.assert_close(buf_f, buf_e)
+
+
+def test_values_whose_square_underflows_are_not_reported_as_zero():
+    torch.manual_seed(0)
+    model = small_cnn()
+    opt = OPTIMIZERS["dhspg"](stand_in_space(model), dict(momentum=0.9))
+    with torch.no_grad():
+        model[0].weight[0] = 1e-23  # its square is 0 in float32
+        model[0].bias[0] = 0.0
+        model[1].weight[0] = 0.0
+        model[1].bias[0] = 0.0
+    assert not bool(opt.zero_zigs()[0])
+    with torch.no_grad():
+        model[0].weight[0] = 0.0
+    assert bool(opt.zero_zigs()[0])

@@ -48,12 +48,13 @@ def _store_sums(out, want, r, xx, xu, uu):
 
 
 @numba.njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
-def sgd_direction_row_sums(x, g, buf, want, out, weight_decay, momentum, undamped, nesterov):
-    """Rows of 2-D x, g, buf (buf unused when momentum == 0): update buf; where want[r], out[:, r] = sums.
+def sgd_direction_row_sums(x, g, buf, want, out, weight_decay, momentum, undamped, has_momentum, nesterov):
+    """Rows of 2-D x, g, buf (buf unused without momentum): update buf; where want[r], out[:, r] = sums.
 
     out is [3, rows]: ‖x_r‖², ⟨x_r, u_r⟩, ‖u_r‖².  ``undamped`` is 1 − dampening.  The
     hyper-parameters come as scalars of x's dtype (see ``as_dtype``) so that float32
-    tensors are updated in float32 arithmetic.
+    tensors are updated in float32 arithmetic; ``has_momentum`` is decided before that
+    cast (a momentum of 1e-50 is 0 in float32, yet the buffer is still written, as eagerly).
     """
     rows, width = x.shape
     for r in range(rows):
@@ -65,7 +66,7 @@ def sgd_direction_row_sums(x, g, buf, want, out, weight_decay, momentum, undampe
             d = g[r, k]
             if weight_decay != 0.0:
                 d = d + weight_decay * xv
-            if momentum != 0.0:
+            if has_momentum:
                 if undamped == 1.0:
                     b = d + momentum * buf[r, k]
                 else:
@@ -79,7 +80,7 @@ def sgd_direction_row_sums(x, g, buf, want, out, weight_decay, momentum, undampe
 
 
 @numba.njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
-def sgd_apply_rows(x, g, buf, scale, keep, neg_lr, weight_decay, momentum, nesterov):
+def sgd_apply_rows(x, g, buf, scale, keep, neg_lr, weight_decay, momentum, has_momentum, nesterov):
     """x[r] <- scale[r]·x[r] − lr·keep[r]·u[r], with u re-formed from g, the stored buf and the old x."""
     rows, width = x.shape
     for r in range(rows):
@@ -87,7 +88,7 @@ def sgd_apply_rows(x, g, buf, scale, keep, neg_lr, weight_decay, momentum, neste
         c = neg_lr * keep[r]
         for k in range(width):
             xv = x[r, k]
-            if momentum != 0.0 and not nesterov:
+            if has_momentum and not nesterov:
                 u = buf[r, k]
             else:
                 u = g[r, k]

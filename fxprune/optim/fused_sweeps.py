@@ -62,9 +62,9 @@ class FusedSweeps:
         self.adam = variant in ("adam", "adamw")
         self.coupled_decay = variant == "adam"  # Adam's L2 term enters the gradient; AdamW's decay is a scale
         self._want: dict[int, tuple[object, object]] = {}  # slice index -> (mode, uint8 row mask)
-        self._views: dict[int, tuple] = {}  # id(param) -> (storage key, x, state arrays, row-sum columns)
+        self._views: dict[int, tuple] = {}  # id(param) -> (storage key, x, state arrays)
         self._scalars: dict[tuple, tuple] = {}
-        self._flat_views: dict[int, tuple] = {}
+        self._numpy_views: dict[int, tuple] = {}
 
     def pays(self, need_sums: bool) -> bool:
         """Whether this group step should take the kernels at all.
@@ -107,7 +107,9 @@ class FusedSweeps:
             if self.adam:
                 AdamRule.init_state(p, state)
                 state["step"].add_(1.0)
-            x, g, moments, cols = self._arrays(p, s, state, group)
+            x, g, moments = self._arrays(p, s, state, group)
+            # Asked every step: columns() also moves the slice's rows when p changed dtype since.
+            cols = self._numpy(self.sweeps.columns(p, s))
             want = self._wanted_rows(s, mode)
             if self.adam:
                 beta1, beta2 = group["betas"]
@@ -117,8 +119,12 @@ class FusedSweeps:
             else:
                 calls.append((self.kernels.sgd_direction_row_sums, (x, g, *moments, want, cols, *self._scalars_of(
                     x.dtype, group["weight_decay"], group["momentum"], 1.0 - group["dampening"]),
-                    group["nesterov"])))
+                    group["momentum"] != 0, group["nesterov"])))
         _run(calls)
+        # The kernels write through NumPy views, which autograd does not see: count the writes as
+        # torch's in-place ops do, so that a graph saved before the step refuses to backpropagate.
+        for p, state, _ in items:
+            _bump_versions(self._state_tensors(state, group))
 
     def apply(self, items: list[tuple], group: dict, lr: float, decay: float) -> None:
         """For each ``(p, state, keep, scale)``: ``x <- scale·x − lr·keep·u``, with ``keep`` and ``scale``
@@ -126,15 +132,18 @@ class FusedSweeps:
         calls = []
         for p, state, keep, scale in items:
             s = self.zigs.slices_of[id(p)][0]
-            x, g, moments, _ = self._arrays(p, s, state, group)
-            scale = np.full(s.length, decay, dtype=x.dtype) if scale is None else self._flat(scale)
+            x, g, moments = self._arrays(p, s, state, group)
+            scale = np.full(s.length, decay, dtype=x.dtype) if scale is None else self._numpy(scale).reshape(-1)
+            keep = self._numpy(keep).reshape(-1)
             if self.adam:
-                calls.append((self.kernels.adam_apply_rows, (x, *moments, scale, self._flat(keep), *self._scalars_of(
+                calls.append((self.kernels.adam_apply_rows, (x, *moments, scale, keep, *self._scalars_of(
                     x.dtype, -lr, *self._adam_corrections(state, group)))))
             else:
-                calls.append((self.kernels.sgd_apply_rows, (x, g, *moments, scale, self._flat(keep), *self._scalars_of(
-                    x.dtype, -lr, group["weight_decay"], group["momentum"]), group["nesterov"])))
+                calls.append((self.kernels.sgd_apply_rows, (x, g, *moments, scale, keep, *self._scalars_of(
+                    x.dtype, -lr, group["weight_decay"], group["momentum"]), group["momentum"] != 0,
+                    group["nesterov"])))
         _run(calls)
+        _bump_versions([p for p, *_ in items])
 
     @staticmethod
     def _adam_corrections(state: dict, group: dict) -> tuple[float, float, float]:
@@ -145,26 +154,27 @@ class FusedSweeps:
 
     def _arrays(self, p: torch.Tensor, s: ProducerSlice, state: dict, group: dict):
         """NumPy views ``[rows, rest]`` of x, its gradient and its rule state (momentum buffer, or
-        Adam's two moments; SGD without momentum: the gradient stands in), and its row-sum columns.
+        Adam's two moments; SGD without momentum: the gradient stands in).
 
-        The views of x, the state and the columns are kept while their storage stays the
-        same (a step makes hundreds of these calls); the gradient's view is made afresh,
-        so that no gradient is kept alive after ``zero_grad``.
+        The views of x and the state are kept while their storage stays the same (a step
+        makes hundreds of these calls); the gradient's view is made afresh, so that no
+        gradient is kept alive after ``zero_grad``.
         """
-        if self.adam:
-            tensors = (state["exp_avg"], state["exp_avg_sq"])
-        else:
-            tensors = (state["momentum_buffer"],) if group["momentum"] != 0 else ()
+        tensors = self._state_tensors(state, group)
         key = (p.data_ptr(), *(t.data_ptr() for t in tensors))
         cached = self._views.get(id(p))
         if cached is None or cached[0] != key:
             rows = p.shape[0]
             x = p.detach().view(rows, -1).numpy()
-            cols = self.sweeps.columns(p, s).numpy()
-            cached = self._views[id(p)] = (key, x, tuple(t.view(rows, -1).numpy() for t in tensors), cols)
-        _, x, moments, cols = cached
+            cached = self._views[id(p)] = (key, x, tuple(t.view(rows, -1).numpy() for t in tensors))
+        _, x, moments = cached
         g = p.grad.detach().view(x.shape).numpy()  # (a gradient from backward(create_graph=True) requires grad)
-        return x, g, moments or (g,), cols
+        return x, g, moments or (g,)
+
+    def _state_tensors(self, state: dict, group: dict) -> tuple[torch.Tensor, ...]:
+        if self.adam:
+            return state["exp_avg"], state["exp_avg_sq"]
+        return (state["momentum_buffer"],) if group["momentum"] != 0 else ()
 
     def _scalars_of(self, dtype, *values: float) -> tuple:
         """``values`` as scalars of ``dtype``, so that the kernels' arithmetic stays in it."""
@@ -176,11 +186,11 @@ class FusedSweeps:
             scalars = self._scalars[key] = self.kernels.as_dtype(values, dtype)
         return scalars
 
-    def _flat(self, view: torch.Tensor):
-        """A NumPy view of one of RowSweeps' persistent per-row views (kept: they live as long as it does)."""
-        cached = self._flat_views.get(id(view))
+    def _numpy(self, view: torch.Tensor):
+        """A NumPy view of one of RowSweeps' persistent views (kept: they live as long as it does)."""
+        cached = self._numpy_views.get(id(view))
         if cached is None or cached[0] is not view:
-            cached = self._flat_views[id(view)] = (view, view.reshape(-1).numpy())
+            cached = self._numpy_views[id(view)] = (view, view.numpy())
         return cached[1]
 
     def _wanted_rows(self, s: ProducerSlice, mode):
@@ -200,3 +210,8 @@ class FusedSweeps:
 def _run(calls: list[tuple]) -> None:
     for kernel, args in calls:
         kernel(*args)
+
+
+def _bump_versions(tensors) -> None:
+    for t in tensors:
+        torch.autograd.graph.increment_version(t)

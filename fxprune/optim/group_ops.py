@@ -115,13 +115,19 @@ class ZigIndex:
         out = torch.zeros(stacked.shape[0], self.num_zigs + 1, dtype=torch.float64, device=device)
         return out.index_add_(1, self.row_zig(device), stacked)
 
-    def group_sq_norms(self) -> torch.Tensor:
-        """‖x_g‖² for every ZIG, straight from the current parameter values ([num_zigs], float64)."""
+    def group_abs_max(self) -> torch.Tensor:
+        """max |x| over every ZIG's producer values, straight from the parameters ([num_zigs], float64).
+
+        Zero exactly when every value is zero; a squared norm in float32 would also read 0
+        for values around 1e-23, which are not.
+        """
         if not self.slices:
             return torch.zeros(self.num_zigs, dtype=torch.float64)
         device = self.slices[0].param.device
-        rows = [row_sq_norms(s.param.detach(), s.dim).unsqueeze(0) for s in self.slices]
-        return self.sum_rows(rows, device)[0, : self.num_zigs].cpu()
+        rows = [row_abs_max(s.param.detach(), s.dim).double() for s in self.slices]
+        out = torch.zeros(self.num_zigs + 1, dtype=torch.float64, device=device)
+        out.scatter_reduce_(0, self.row_zig(device), torch.cat(rows).to(device), reduce="amax")
+        return out[: self.num_zigs].cpu()
 
     # ----- broadcasts -------------------------------------------------------------
 
@@ -141,6 +147,15 @@ def _rows_view(t: torch.Tensor, dim: int) -> torch.Tensor | None:
 def _accumulation_dtype(t: torch.Tensor) -> torch.Tensor:
     # Half-precision sums over thousands of elements lose too much; reduce in fp32.
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def row_abs_max(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """max over all dims but ``dim`` of |t|, one value per index along ``dim`` (0 for an empty row)."""
+    if t.dim() == 1:
+        return t.abs()
+    if t.numel() == 0:  # (reshape cannot infer -1 from zero elements)
+        return t.new_zeros(t.shape[dim])
+    return t.abs().movedim(dim, 0).reshape(t.shape[dim], -1).amax(dim=1)
 
 
 def row_sq_norms(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -253,7 +253,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
 
     def zero_zigs(self) -> torch.Tensor:
         """Bool [num_zigs]: ZIGs whose producer values are all exactly zero right now."""
-        return self.zigs.group_sq_norms() == 0
+        return self.zigs.group_abs_max() == 0
 
     def group_sparsity(self) -> float:
         """Fraction of prunable ZIGs that are exactly zero."""
