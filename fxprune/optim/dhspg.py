@@ -36,8 +36,10 @@ class DHSPG(TargetedGroupSparseOptimizer):
 
     ``lmbda``, ``lmbda_amplify`` and ``hat_lmbda_coeff`` default to the reference values
     for the chosen ``variant`` (SGD: 1e-3, 2, 10; Adam/AdamW: 1e-2, 20, 1e3).
+    On the CPU the group steps run fused numba kernels by default (fused_sweeps.py).
     ``compiled=True`` (SGD only, opt-in) runs the pruning steps as two torch.compile'd
-    kernels: faster, equal to the default up to float rounding; see compiled_sweeps.py.
+    kernels instead, over every prunable tensor on any device; equal to the default up to
+    float rounding, and no faster on the CPU; see compiled_sweeps.py.
     """
 
     def __init__(self, space, lr: float = 1e-3, *, momentum: float = 0.0, dampening: float = 0.0,
