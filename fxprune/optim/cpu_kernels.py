@@ -32,6 +32,12 @@ _FLAGS = {"reassoc", "contract"}
 
 
 @numba.njit(fastmath=_FLAGS, inline="always")
+def _with_l2(gv, xv, weight_decay):
+    """The gradient with an L2 term folded in (SGD's weight decay, Adam's), as the eager rules do."""
+    return gv + weight_decay * xv if weight_decay != 0.0 else gv
+
+
+@numba.njit(fastmath=_FLAGS, inline="always")
 def _accumulate(xx, xu, uu, xv, u):
     """One element's share of ‖x‖², ⟨x,u⟩, ‖u‖², added in float64."""
     xf = np.float64(xv)
@@ -58,14 +64,10 @@ def sgd_direction_row_sums(x, g, buf, want, out, weight_decay, momentum, undampe
     """
     rows, width = x.shape
     for r in range(rows):
-        xx = 0.0
-        xu = 0.0
-        uu = 0.0
+        xx = xu = uu = 0.0
         for k in range(width):
             xv = x[r, k]
-            d = g[r, k]
-            if weight_decay != 0.0:
-                d = d + weight_decay * xv
+            d = _with_l2(g[r, k], xv, weight_decay)
             if has_momentum:
                 if undamped == 1.0:
                     b = d + momentum * buf[r, k]
@@ -91,9 +93,7 @@ def sgd_apply_rows(x, g, buf, scale, keep, neg_lr, weight_decay, momentum, has_m
             if has_momentum and not nesterov:
                 u = buf[r, k]
             else:
-                u = g[r, k]
-                if weight_decay != 0.0:
-                    u = u + weight_decay * xv
+                u = _with_l2(g[r, k], xv, weight_decay)
                 if nesterov:
                     u = u + momentum * buf[r, k]
             x[r, k] = xv * s + c * u
@@ -108,14 +108,10 @@ def adam_direction_row_sums(x, g, m, v, want, out, weight_decay, one_minus_beta1
     """
     rows, width = x.shape
     for r in range(rows):
-        xx = 0.0
-        xu = 0.0
-        uu = 0.0
+        xx = xu = uu = 0.0
         for k in range(width):
             xv = x[r, k]
-            d = g[r, k]
-            if weight_decay != 0.0:
-                d = d + weight_decay * xv
+            d = _with_l2(g[r, k], xv, weight_decay)
             mk = m[r, k] + one_minus_beta1 * (d - m[r, k])
             vk = beta2 * v[r, k] + one_minus_beta2 * d * d
             m[r, k] = mk
