@@ -98,11 +98,12 @@ class FusedSweeps:
                 return False
         return True
 
-    def direction_and_sums(self, items: list[tuple], group: dict) -> None:
-        """For each ``(p, state, mode)``: store p's base-rule state (momentum buffer or moments) and
-        write its row sums where ``mode`` (None, ALL_ROWS or a LongTensor of rows) asks for them."""
-        calls = []
-        for p, state, mode in items:
+    def direction_and_sums(self, items: list[tuple], states, group: dict) -> None:
+        """For each ``(p, mode)``: store p's base-rule state (``states[p]``: momentum buffer or moments)
+        and write its row sums where ``mode`` (None, ALL_ROWS or a LongTensor of rows) asks for them."""
+        kernels = self.kernels
+        for p, mode in items:
+            state = states[p]
             s = self.zigs.slices_of[id(p)][0]
             if self.adam:
                 AdamRule.init_state(p, state)
@@ -114,36 +115,35 @@ class FusedSweeps:
             if self.adam:
                 beta1, beta2 = group["betas"]
                 wd = group["weight_decay"] if self.coupled_decay else 0.0
-                calls.append((self.kernels.adam_direction_row_sums, (x, g, *moments, want, cols, *self._scalars_of(
-                    x.dtype, wd, 1 - beta1, beta2, 1 - beta2, *self._adam_corrections(state, group)))))
+                kernels.adam_direction_row_sums(x, g, *moments, want, cols, *self._scalars_of(
+                    x.dtype, wd, 1 - beta1, beta2, 1 - beta2, *self._adam_corrections(state, group)))
             else:
-                calls.append((self.kernels.sgd_direction_row_sums, (x, g, *moments, want, cols, *self._scalars_of(
+                kernels.sgd_direction_row_sums(x, g, *moments, want, cols, *self._scalars_of(
                     x.dtype, group["weight_decay"], group["momentum"], 1.0 - group["dampening"]),
-                    group["momentum"] != 0, group["nesterov"])))
-        _run(calls)
-        # The kernels write through NumPy views, which autograd does not see: count the writes as
-        # torch's in-place ops do, so that a graph saved before the step refuses to backpropagate.
-        for p, state, _ in items:
+                    group["momentum"] != 0, group["nesterov"])
+            # The kernel wrote through NumPy views, which autograd does not see: count the writes as
+            # torch's in-place ops do, so that a graph saved before the step refuses to backpropagate.
             _bump_versions(self._state_tensors(state, group))
 
-    def apply(self, items: list[tuple], group: dict, lr: float, decay: float) -> None:
-        """For each ``(p, state, keep, scale)``: ``x <- scale·x − lr·keep·u``, with ``keep`` and ``scale``
-        per-row views in p's dtype (scale None: ``decay`` everywhere), u re-formed from what pass 1 stored."""
-        calls = []
-        for p, state, keep, scale in items:
+    def apply(self, items: list[tuple], states, group: dict, lr: float, decay: float) -> None:
+        """For each ``(p, keep, scale)``: ``x <- scale·x − lr·keep·u``, with ``keep`` and ``scale``
+        per-row views in p's dtype (scale None: ``decay`` everywhere), u re-formed from what pass 1
+        stored in ``states[p]``."""
+        kernels = self.kernels
+        for p, keep, scale in items:
+            state = states[p]
             s = self.zigs.slices_of[id(p)][0]
             x, g, moments = self._arrays(p, s, state, group)
             scale = np.full(s.length, decay, dtype=x.dtype) if scale is None else self._numpy(scale).reshape(-1)
             keep = self._numpy(keep).reshape(-1)
             if self.adam:
-                calls.append((self.kernels.adam_apply_rows, (x, *moments, scale, keep, *self._scalars_of(
-                    x.dtype, -lr, *self._adam_corrections(state, group)))))
+                kernels.adam_apply_rows(x, *moments, scale, keep, *self._scalars_of(
+                    x.dtype, -lr, *self._adam_corrections(state, group)))
             else:
-                calls.append((self.kernels.sgd_apply_rows, (x, g, *moments, scale, keep, *self._scalars_of(
+                kernels.sgd_apply_rows(x, g, *moments, scale, keep, *self._scalars_of(
                     x.dtype, -lr, group["weight_decay"], group["momentum"]), group["momentum"] != 0,
-                    group["nesterov"])))
-        _run(calls)
-        _bump_versions([p for p, *_ in items])
+                    group["nesterov"])
+            _bump_versions((p,))
 
     @staticmethod
     def _adam_corrections(state: dict, group: dict) -> tuple[float, float, float]:
@@ -205,11 +205,6 @@ class FusedSweeps:
             want[mode.cpu()] = 1
         self._want[s.index] = (mode, want.numpy())
         return self._want[s.index][1]
-
-
-def _run(calls: list[tuple]) -> None:
-    for kernel, args in calls:
-        kernel(*args)
 
 
 def _bump_versions(tensors) -> None:

@@ -173,8 +173,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             directions, fused_items = [], []
             for p in self.zigs.params:
                 if fused is not None and fused.covers(p, group, self.state[p]):
-                    mode = modes[self.zigs.slices_of[id(p)][0].index] if modes is not None else None
-                    fused_items.append((p, self.state[p], mode))
+                    fused_items.append((p, modes[self.zigs.slices_of[id(p)][0].index] if modes is not None else None))
                     directions.append(FUSED)
                     continue
                 if p.grad is None:
@@ -185,7 +184,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
                 if modes is not None:  # right after u is computed, while p and u are still in cache
                     self._sweeps.reduce(p, torch.zeros_like(p) if u is None else u, modes)
             if fused_items:
-                fused.direction_and_sums(fused_items, group)
+                fused.direction_and_sums(fused_items, self.state, group)
             if modes is not None:
                 stats = self._group_stats(self._sweeps.sums(device), need)
         update = self._decide(self.steps_taken, stats, lr, decay)
@@ -197,10 +196,9 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             self._last_step["compiled"] = True
         else:
             fused_step = None
-            if any(d is FUSED for d in directions):
-                self._last_step["fused"] = sum(d is FUSED for d in directions)
-                fused_step = lambda items: self._fused.apply(  # noqa: E731
-                    [(p, self.state[p], keep_rows, scale_rows) for p, keep_rows, scale_rows in items], group, lr, decay)
+            if fused_items:
+                self._last_step["fused"] = len(fused_items)
+                fused_step = lambda items: self._fused.apply(items, self.state, group, lr, decay)  # noqa: E731
             self._sweeps.apply(directions, keep, factor, lr, decay, fused_step)
 
     def _group_stats(self, sums: torch.Tensor, need: torch.Tensor | None) -> GroupStats:
