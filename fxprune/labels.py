@@ -19,10 +19,19 @@ import numpy as np
 
 def _frozen(a) -> np.ndarray:
     """``a`` as a read-only contiguous int64 array (no copy when it already is one)."""
-    if not (type(a) is np.ndarray and a.dtype == np.int64 and a.flags.c_contiguous):
-        a = np.ascontiguousarray(a, dtype=np.int64)
+    if type(a) is np.ndarray and a.dtype is _INT64:
+        flags = a.flags
+        if not flags.writeable and flags.c_contiguous:
+            return a  # the common case: an array another label or the atom table already froze
+        if flags.c_contiguous:
+            flags.writeable = False
+            return a
+    a = np.ascontiguousarray(a, dtype=np.int64)
     a.flags.writeable = False
     return a
+
+
+_INT64 = np.dtype(np.int64)
 
 
 def zeros(size: int) -> np.ndarray:
@@ -38,14 +47,36 @@ def zeros(size: int) -> np.ndarray:
 _ZEROS: dict[int, np.ndarray] = {}
 
 
-@dataclass(frozen=True)
-class DimLabel:
-    atoms: np.ndarray  # int64 [size]: atom id per index, -1 where no channel
-    nonzero: np.ndarray  # int64 [size]: 0 if zero when its ZIG is zeroed, else code of the culprit node + 1
+class _Immutable:
+    """Slots set once in ``__init__``, then read-only.  (Labels are built for every node of every
+    traced graph: a frozen dataclass's ``__init__`` costs several times more.)"""
 
-    def __post_init__(self):
-        object.__setattr__(self, "atoms", _frozen(self.atoms))
-        object.__setattr__(self, "nonzero", _frozen(self.nonzero))
+    __slots__ = ()
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+
+_set = object.__setattr__
+
+
+class DimLabel(_Immutable):
+    """``atoms``: int64 [size], the atom id per index, -1 where no channel.  ``nonzero``: int64
+    [size], 0 if zero when its ZIG is zeroed, else the code of the culprit node + 1.  Both are
+    read-only arrays, shared freely between labels."""
+
+    __slots__ = ("atoms", "nonzero", "_all_zero")
+
+    def __init__(self, atoms: np.ndarray, nonzero: np.ndarray):
+        _set(self, "atoms", _frozen(atoms))
+        _set(self, "nonzero", _frozen(nonzero))
+        _set(self, "_all_zero", None)  # computed on first ask (rules ask about the same label repeatedly)
+
+    def __repr__(self) -> str:
+        return f"DimLabel(atoms={self.atoms!r}, nonzero={self.nonzero!r})"
 
     @property
     def size(self) -> int:
@@ -57,7 +88,11 @@ class DimLabel:
 
     def all_zero(self) -> bool:
         """Every channel here is exactly zero once its ZIG is zeroed."""
-        return self.nonzero is _ZEROS.get(self.nonzero.shape[0]) or not self.nonzero.any()
+        answer = self._all_zero
+        if answer is None:
+            answer = self.nonzero is _ZEROS.get(self.nonzero.shape[0]) or not self.nonzero.any()
+            _set(self, "_all_zero", answer)
+        return answer
 
     def with_nonzero(self, nonzero: np.ndarray | int) -> "DimLabel":
         if isinstance(nonzero, (int, np.integer)):
@@ -70,12 +105,18 @@ class DimLabel:
         return DimLabel(self.atoms[index], self.nonzero[index])
 
 
-@dataclass(frozen=True)
-class TensorLabels:
-    """Per-dimension channel labels of one tensor value."""
+class TensorLabels(_Immutable):
+    """Per-dimension channel labels of one tensor value: ``shape`` (ints) and ``dims`` (a
+    DimLabel or None per dimension)."""
 
-    shape: tuple[int, ...]
-    dims: tuple[DimLabel | None, ...]
+    __slots__ = ("shape", "dims")
+
+    def __init__(self, shape: tuple[int, ...], dims: tuple[DimLabel | None, ...]):
+        _set(self, "shape", shape)
+        _set(self, "dims", dims)
+
+    def __repr__(self) -> str:
+        return f"TensorLabels(shape={self.shape!r}, dims={self.dims!r})"
 
     @staticmethod
     def blank(shape) -> "TensorLabels":

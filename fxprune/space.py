@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from passes.channel_analysis import AtomTable, analyze_channels, fetch_attr
+from passes.module_walk import walk_modules
 from passes.shape_prop import propagate_shapes
 from passes.slice_rewrite import build_compact, copy_module, rescue_empty_dims
 from passes.verify import compare_outputs
@@ -253,9 +254,10 @@ def trace(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[Any] | N
     if len(inputs) > n_placeholders:
         raise InputError(f"{type(model).__name__}.forward takes {n_placeholders} inputs, got {len(inputs)}")
     t1 = time.perf_counter()
-    propagate_shapes(gm, inputs)
+    modules = walk_modules(gm)  # both passes look modules up by name
+    propagate_shapes(gm, inputs, modules)
     t2 = time.perf_counter()
-    table = analyze_channels(gm)
+    table = analyze_channels(gm, modules)
     zigs = build_zigs(table)
     t3 = time.perf_counter()
     timings.update(trace=t1 - t0, shapes=t2 - t1, channels=t3 - t2, total=t3 - t0)

@@ -47,7 +47,7 @@ _ALIASING_FUNCTIONS = {torch.detach, torch.dropout, torch.alpha_dropout, torch.f
                        F.alpha_dropout, F.feature_alpha_dropout, torch.conj, torch.resolve_conj, torch.resolve_neg,
                        torch.positive, builtins.getattr, torch.atleast_1d, torch.atleast_2d, torch.atleast_3d,
                        torch.broadcast_tensors}
-_ALIASING_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+ALIASING_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                      nn.FeatureAlphaDropout, nn.Flatten, nn.Unflatten)
 
 # Python's augmented assignments and the in-place operator each one stands for on a tensor.
@@ -93,7 +93,7 @@ def aliased_inputs(node: fx.Node, module_of: ModuleOf, unknown: bool, mutated: f
         return [mutated]
     op = node.op
     if unknown or is_view(node) or (op == "call_function" and node.target in _ALIASING_FUNCTIONS) \
-            or (op == "call_module" and isinstance(module_of(node), _ALIASING_MODULES)):
+            or (op == "call_module" and isinstance(module_of(node), ALIASING_MODULES)):
         return node.all_input_nodes
     if op == "call_method" and node.target in _ALIASING_METHODS:
         return node.all_input_nodes[:1]

@@ -21,13 +21,13 @@ from fxprune.rules import RULES
 from fxprune.rules.common import call_arg
 from fxprune.rules.registry import hidden_behaviour
 
-from .aliasing import AliasClasses, aliased_inputs, mutated_input, read_after
+from .aliasing import ALIASING_MODULES, AliasClasses, aliased_inputs, mutated_input, read_after
 from .module_walk import walk_modules
 
 META_KEY = "fxprune.channels"
 
 
-@dataclass
+@dataclass(slots=True)
 class ParamDim:
     """The atoms of one dimension of one parameter or buffer."""
 
@@ -45,11 +45,25 @@ class AtomTable:
     blocks: list[tuple[np.ndarray, str]] = field(default_factory=list)
     param_dims: dict[tuple[str, int], ParamDim] = field(default_factory=dict)
 
+    _tracked: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)
+
     def new(self, k: int) -> np.ndarray:
         atoms = np.arange(self.count, self.count + k, dtype=np.int64)
         atoms.flags.writeable = False  # atom arrays are shared and their properties cached: never edited in place
         self.count += k
+        self._tracked[id(atoms)] = (atoms, True)
         return atoms
+
+    def all_tracked(self, atoms: np.ndarray) -> bool:
+        """No untracked (-1) atom in ``atoms``; cached per array (fresh ones are known to be tracked),
+        as a norm's four tensors and every unify ask about the same few arrays."""
+        cached = self._tracked.get(id(atoms))
+        if cached is not None and cached[0] is atoms:
+            return cached[1]
+        tracked = atoms.size == 0 or bool(atoms.min() >= 0)
+        if not atoms.flags.writeable:  # (only arrays nobody can edit; the entry holds the array, so its id stays unique)
+            self._tracked[id(atoms)] = (atoms, tracked)
+        return tracked
 
     def block(self, atoms: np.ndarray, reason: str) -> None:
         atoms = np.asarray(atoms, dtype=np.int64).ravel()
@@ -61,9 +75,11 @@ class AtomTable:
         """Atoms at equal positions of ``a`` and ``b`` must be pruned together."""
         if a is b:  # a parameter dim that adopted these atoms (see ``AnalysisContext.param_atoms``)
             return
-        a = np.asarray(a, dtype=np.int64).ravel()
-        b = np.asarray(b, dtype=np.int64).ravel()
-        if a.size and a.min() >= 0 and b.min() >= 0:  # the common case: every position tracked on both sides
+        if type(a) is not np.ndarray or a.ndim != 1:
+            a = np.asarray(a, dtype=np.int64).ravel()
+        if type(b) is not np.ndarray or b.ndim != 1:
+            b = np.asarray(b, dtype=np.int64).ravel()
+        if a.size and self.all_tracked(a) and self.all_tracked(b):  # the common case: every position tracked on both sides
             self.edges.append((a, b))
             return
         both = (a >= 0) & (b >= 0)
@@ -76,7 +92,7 @@ class AtomTable:
 class AnalysisContext:
     """What a rule sees: the node's inputs as labels, shapes, and the atom table."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, modules: list[tuple[str, nn.Module]] | None = None):
         self.gm = gm
         self.atoms = AtomTable()
         self.env: dict[fx.Node, Any] = {}
@@ -84,9 +100,9 @@ class AnalysisContext:
         self.nodes_by_code = {c: n for n, c in self.codes.items()}
         self._uses: dict[str, int] | None = None
         self._descriptions: dict[fx.Node, str] = {}
-        self._tracked: dict[int, tuple[np.ndarray, bool]] = {}
         self._modules: dict[str, nn.Module] = {}
-        self._index_tensors()  # every rule reads modules or tensors: index them once, up front
+        self._module_facts: dict[str, tuple[Any, bool, bool]] = {}
+        self._index_tensors(modules)  # every rule reads modules or tensors: index them once, up front
 
     # -- reading the node --------------------------------------------------
     def value(self, arg: Any) -> Any:
@@ -124,6 +140,20 @@ class AnalysisContext:
             text = self._descriptions[node] = describe_node(self.gm, node, self.module(node) if node.op == "call_module" else None)
         return text
 
+    def module_facts(self, target: str) -> tuple[Any, bool, bool]:
+        """For the module at ``target``: its channel rule, whether it writes its input in place,
+        and whether it may return its input itself (see passes/aliasing.py).  Once per module name:
+        a module called from many nodes (a shared activation) is looked at once."""
+        facts = self._module_facts.get(target)
+        if facts is None:
+            module = self._modules.get(target)
+            if module is None:
+                module = self._modules[target] = self.gm.get_submodule(target)
+            # vars(): nn.Module.__getattr__ would build an AttributeError for a module without ``inplace``
+            facts = self._module_facts[target] = (RULES.lookup_module(module), vars(module).get("inplace", False) is True,
+                                                  isinstance(module, ALIASING_MODULES))
+        return facts
+
     def module(self, node: fx.Node) -> nn.Module:
         m = self._modules.get(node.target)
         if m is None:
@@ -135,39 +165,54 @@ class AnalysisContext:
         return call_arg(node, index, name, default)
 
     # -- parameters --------------------------------------------------------
-    def _index_tensors(self) -> None:
+    def _index_tensors(self, modules: list[tuple[str, nn.Module]] | None) -> None:
         """Modules by name, name -> tensor, tensor -> first name, and which are parameters or tied:
-        one walk of the module tree."""
+        one walk of the module tree (or the one the caller already made)."""
         params, buffers = [], []
-        for prefix, mod in walk_modules(self.gm):  # named_parameters' order
+        for prefix, mod in modules if modules is not None else walk_modules(self.gm):  # named_parameters' order
             self._modules.setdefault(prefix, mod)
-            dot = prefix + "." if prefix else ""
-            params += [(dot + k, p) for k, p in mod._parameters.items() if p is not None]
-            buffers += [(dot + k, b) for k, b in mod._buffers.items() if b is not None]
+            if mod._parameters or mod._buffers:
+                dot = prefix + "." if prefix else ""
+                params += [(dot + k, p) for k, p in mod._parameters.items() if p is not None]
+                buffers += [(dot + k, b) for k, b in mod._buffers.items() if b is not None]
         self._named_tensors = dict(params)
         self._named_tensors.update(buffers)
-        self._canonical: dict[int, str] = {}
-        for n, t in params + buffers:
-            self._canonical.setdefault(id(t), n)
         self._param_ids = {id(p) for _, p in params}
-        # every name resolved up front: param_atoms asks once per parameter dimension
-        self._canonical_by_name = {n: self._canonical[id(t)] for n, t in params + buffers}
         self._buffer_names = {n for n, t in buffers if id(t) not in self._param_ids}
+        tensor_ids = [id(t) for t in self._named_tensors.values()]
+        self._tied: set[int] = set()
+        # with ties, every name resolved up front: param_atoms asks once per parameter dimension
+        self._canonical_by_name: dict[str, str] = {}
+        self._registered = params + buffers
+        self._canonical: dict[int, str] | None = None  # built on first need: most models tie nothing
+        if len(set(tensor_ids)) == len(tensor_ids):  # the common case: no tensor under two names
+            return
+        canonical = self._first_names()
+        self._canonical_by_name = {n: canonical[id(t)] for n, t in self._registered}
         names_per_tensor: dict[int, int] = {}
-        for t_id in map(id, self._named_tensors.values()):
+        for t_id in tensor_ids:
             names_per_tensor[t_id] = names_per_tensor.get(t_id, 0) + 1
         self._tied = {t_id for t_id, count in names_per_tensor.items() if count > 1}
 
+    def _first_names(self) -> dict[int, str]:
+        """Tensor id -> its first registered name (``named_parameters`` order, then buffers)."""
+        if self._canonical is None:
+            self._canonical = {}
+            for n, t in self._registered:
+                self._canonical.setdefault(id(t), n)
+        return self._canonical
+
     def tensor_by_name(self, name: str) -> torch.Tensor:
-        if name in self._named_tensors:
-            return self._named_tensors[name]
-        return fetch_attr(self.gm, name)
+        tensor = self._named_tensors.get(name)
+        return tensor if tensor is not None else fetch_attr(self.gm, name)
 
     def canonical_name(self, name: str) -> str:
         """The first name (in ``named_parameters`` order) of the tensor ``name`` refers to."""
         canonical = self._canonical_by_name.get(name)
         if canonical is None:
-            canonical = self._canonical_by_name[name] = self._canonical.get(id(self.tensor_by_name(name)), name)
+            if not self._tied and name in self._named_tensors:
+                return name  # no tied tensors: every registered name is its tensor's only one
+            canonical = self._canonical_by_name[name] = self._first_names().get(id(self.tensor_by_name(name)), name)
         return canonical
 
     def block_if_shared(self, name: str, dim: int, node: fx.Node) -> None:
@@ -196,16 +241,17 @@ class AnalysisContext:
         when they are all tracked and the sizes match, the dimension adopts them instead
         of creating fresh atoms: the same components with fewer atoms and edges.
         """
-        name = self.canonical_name(name)  # a tied tensor has one set of atoms, whatever name reaches it
+        if self._tied or name not in self._named_tensors:
+            name = self.canonical_name(name)  # a tied tensor has one set of atoms, whatever name reaches it
         key = (name, dim)
-        pd = self.atoms.param_dims.get(key)
+        table = self.atoms
+        pd = table.param_dims.get(key)
         if pd is None:
             size = self.tensor_by_name(name).shape[dim]
             is_buffer = self.is_buffer(name)
-            adopt = like is not None and like.shape == (size,) and self.all_tracked(like)
-            atoms = like if adopt else self.atoms.new(size)
-            pd = ParamDim(name, dim, atoms, BUFFER if is_buffer else role, is_buffer)
-            self.atoms.param_dims[key] = pd
+            adopt = like is not None and like.ndim == 1 and like.shape[0] == size and table.all_tracked(like)
+            atoms = like if adopt else table.new(size)
+            pd = table.param_dims[key] = ParamDim(name, dim, atoms, BUFFER if is_buffer else role, is_buffer)
         elif pd.is_buffer:
             pass
         elif role == PRODUCER or (role == CONSUMER and pd.role is None):
@@ -213,11 +259,8 @@ class AnalysisContext:
         return pd.atoms
 
     def all_tracked(self, atoms: np.ndarray) -> bool:
-        """No untracked (-1) atom in ``atoms``; cached per array, as a norm's four tensors ask about one."""
-        cached = self._tracked.get(id(atoms))
-        if cached is None or cached[0] is not atoms:
-            cached = self._tracked[id(atoms)] = (atoms, atoms.size == 0 or bool(atoms.min() >= 0))  # holds atoms: ids stay unique
-        return cached[1]
+        """No untracked (-1) atom in ``atoms`` (see ``AtomTable.all_tracked``)."""
+        return self.atoms.all_tracked(atoms)
 
     # -- blocking ----------------------------------------------------------
     def block_value(self, value: Any, reason: str) -> None:
@@ -347,9 +390,12 @@ def _changes_zeros(before: Any, after: TensorLabels) -> bool:
     return False
 
 
-def analyze_channels(gm: fx.GraphModule) -> AtomTable:
-    """Run every node's rule in topological order; return the atom table."""
-    ctx = AnalysisContext(gm)
+def analyze_channels(gm: fx.GraphModule, modules: list[tuple[str, nn.Module]] | None = None) -> AtomTable:
+    """Run every node's rule in topological order; return the atom table.
+
+    ``modules``: ``walk_modules(gm)``, when the caller has it already.
+    """
+    ctx = AnalysisContext(gm, modules)
     aliases = AliasClasses()
     counting_nodes: set[fx.Node] = set()  # nodes whose value holds a channel count (a SizeTaint)
     for node in gm.graph.nodes:
@@ -361,7 +407,12 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
         elif node.op == "output":
             result = _output(ctx, node)
         else:
-            rule = RULES.lookup(node, gm, ctx.module(node) if node.op == "call_module" else None)
+            if node.op == "call_module":
+                rule, in_place, may_alias = ctx.module_facts(node.target)
+                mutated = node.args[0] if in_place and node.args and isinstance(node.args[0], fx.Node) else None
+            else:
+                rule = RULES.lookup(node, gm)
+                mutated = mutated_input(node, ctx.module)
             if rule is None:
                 result = unknown_op(ctx, node)
             else:
@@ -375,8 +426,10 @@ def analyze_channels(gm: fx.GraphModule) -> AtomTable:
                     if counting_nodes and not getattr(rule.analyze, "handles_sizes", False) \
                             and not counting_nodes.isdisjoint(node.all_input_nodes):
                         _block_sizes_used(ctx, node)
-            mutated = mutated_input(node, ctx.module)
-            aliased = aliased_inputs(node, ctx.module, rule is None, mutated)
+            if node.op == "call_module":
+                aliased = [mutated] if mutated is not None else node.all_input_nodes if rule is None or may_alias else ()
+            else:
+                aliased = aliased_inputs(node, ctx.module, rule is None, mutated)
             if aliased:
                 aliases.add(node, aliased)
         ctx.env[node] = result

@@ -17,6 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .window_shapes import POOL_FUNCTIONS, REDUCTION_FUNCTIONS, REDUCTION_NAMES, pool_module_output, reduction_output
+
+try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt, Swin...): FX keeps it as one call
+    from torchvision.ops import stochastic_depth
+except ImportError:  # pragma: no cover - torchvision is a dependency, but the shortcut is optional
+    stochastic_depth = None
+
 
 def _empty(shape, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device="meta")
@@ -96,9 +103,10 @@ def _elementwise(args, kwargs, in_place: bool = False) -> torch.Tensor | None:
 
 def _conv_output(m: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor | None:
     spatial = len(m.kernel_size)
-    if x.ndim != spatial + 2 or x.dtype != m.weight.dtype or not x.is_floating_point():
-        return None  # unbatched input or mixed dtypes: let the kernel decide
-    if x.shape[1] != m.weight.shape[1] * m.groups or m.padding_mode != "zeros":
+    weight = m._parameters.get("weight")  # (not m.weight: nn.Module.__getattr__ is slow)
+    if weight is None or x.ndim != spatial + 2 or x.dtype != weight.dtype or not x.is_floating_point():
+        return None  # unbatched input, mixed dtypes or a parametrized weight: let the kernel decide
+    if x.shape[1] != weight.shape[1] * m.groups or m.padding_mode != "zeros":
         return None  # (reflect/circular padding have size limits of their own)
     if isinstance(m.padding, str):
         if m.padding == "same":
@@ -116,7 +124,8 @@ def _conv_output(m: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor | 
 
 
 def _linear_output(m: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
-    if x.ndim < 1 or x.shape[-1] != m.in_features or x.dtype != m.weight.dtype:
+    weight = m._parameters.get("weight")
+    if weight is None or x.ndim < 1 or x.shape[-1] != m.in_features or x.dtype != weight.dtype:
         return None
     return _empty((*x.shape[:-1], m.out_features), x.dtype)
 
@@ -165,7 +174,9 @@ def module_output(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor 
         return _adaptive_avg_output(module.output_size, x, 2)
     if cls is nn.AdaptiveAvgPool1d:
         return _adaptive_avg_output(module.output_size, x, 1)
-    return None
+    if cls is nn.Flatten:
+        return _flatten_output((x, module.start_dim, module.end_dim), {})
+    return pool_module_output(module, x)
 
 
 def _cat_output(args, kwargs) -> torch.Tensor | None:
@@ -303,6 +314,16 @@ def _softmax_output(args, kwargs) -> torch.Tensor | None:
     return _like(b["input"])
 
 
+def _stochastic_depth_output(args, kwargs) -> torch.Tensor | None:
+    """torchvision's ``stochastic_depth(input, p, mode, training)``: the input times a random 0/1 mask."""
+    b = _bind(args, kwargs, ("input", "p", "mode", "training"), dict(training=True))
+    if b is None or not _float_tensor(b["input"]) or not _is_number(b["p"]) or not 0.0 <= b["p"] <= 1.0:
+        return None
+    if b["mode"] not in ("batch", "row") or type(b["training"]) is not bool:
+        return None
+    return _like(b["input"])
+
+
 def _gather_rows_output(args, kwargs) -> torch.Tensor | None:
     """``table[index]`` with one integer index tensor (a relative-position bias lookup): rows of
     ``table`` picked along dim 0.  Advanced indexing runs a Python meta kernel; any other index
@@ -325,11 +346,15 @@ _FUNCTIONS: dict[Any, Callable[[tuple, dict], torch.Tensor | None]] = {
     F.normalize: _normalize_output, F.linear: _functional_linear_output, torch.clamp: _clamp_output,
     torch.clamp_min: _one_bound("min"), torch.clamp_max: _one_bound("max"), torch.roll: _roll_output,
     torch.exp: _exp_output, torch.masked_fill: _masked_fill_output, F.softmax: _softmax_output,
+    **POOL_FUNCTIONS, **REDUCTION_FUNCTIONS,
 }
+if stochastic_depth is not None:
+    _FUNCTIONS[stochastic_depth] = _stochastic_depth_output
 # Tensor methods with the same signature as the function (self as the first argument).
 _METHOD_FUNCTIONS = {"clamp": _clamp_output, "clamp_min": _one_bound("min"), "clamp_max": _one_bound("max"),
                      "roll": _roll_output, "exp": _exp_output, "masked_fill": _masked_fill_output,
-                     "softmax": lambda a, k: _softmax_output(*_method_softmax_args(a, k))}
+                     "softmax": lambda a, k: _softmax_output(*_method_softmax_args(a, k)),
+                     **{name: reduction_output for name in REDUCTION_NAMES}}
 
 
 def _method_softmax_args(args, kwargs):

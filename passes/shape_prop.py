@@ -148,9 +148,9 @@ class _RecordingInterpreter:
     progress bar, a ``named_modules`` walk up front) costs as much as the shapes themselves.
     """
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, modules: list[tuple[str, torch.nn.Module]] | None = None):
         self.gm = gm
-        self._modules: dict[str, torch.nn.Module] = {}
+        self._modules: dict[str, torch.nn.Module] = dict(modules) if modules is not None else {}
         self._twins: dict[str, torch.nn.Module] = {}
         self._memo = ShapeMemo()
 
@@ -166,7 +166,11 @@ class _RecordingInterpreter:
                 node.meta["val"] = fx.node.map_arg(node.args[0], env.__getitem__)  # as fx.Interpreter records it
                 return
             else:
-                args, kwargs = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
+                args = node.args
+                if len(args) == 1 and type(args[0]) is fx.Node and not node.kwargs:  # most calls: one tensor in
+                    args, kwargs = (env[args[0]],), {}
+                else:
+                    args, kwargs = fx.node.map_arg((args, node.kwargs), env.__getitem__)
                 if op == "call_module":
                     result = self.call_module(node.target, args, kwargs)
                 elif op == "call_function":
@@ -245,16 +249,20 @@ class _RecordingInterpreter:
         return getattr(self_obj, target)(*rest, **kwargs)
 
 
-def _propagate_meta(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
+def _propagate_meta(gm: fx.GraphModule, example_inputs: tuple[Any, ...], modules) -> None:
     meta_inputs = tree_map(lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v, example_inputs)
     with torch.no_grad():
-        _RecordingInterpreter(gm).run(*meta_inputs)
+        _RecordingInterpreter(gm, modules).run(*meta_inputs)
 
 
-def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
-    """Annotate every node of ``gm`` with a shape-only value (``node.meta['val']``)."""
+def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...],
+                     modules: list[tuple[str, torch.nn.Module]] | None = None) -> None:
+    """Annotate every node of ``gm`` with a shape-only value (``node.meta['val']``).
+
+    ``modules``: ``walk_modules(gm)``, when the caller has it already.
+    """
     try:
-        _propagate_meta(gm, example_inputs)
+        _propagate_meta(gm, example_inputs, modules)
         return
     except Exception:  # an op without a meta kernel, or a bad input: FakeTensorMode says which
         pass

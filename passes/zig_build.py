@@ -194,9 +194,8 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     signatures, different sets collide with probability ~2^-64.  Returns the groups and
     each component's group id.  Whole-array ops only, none per channel.
     """
-    rng = np.random.default_rng(0)
-    key_hash = rng.integers(0, 2**63 - 1, size=max(len(dims.dims), 1), dtype=np.int64).astype(np.uint64)
-    reason_hash = rng.integers(0, 2**63 - 1, size=len(reason_texts) + 1, dtype=np.int64).astype(np.uint64)
+    key_hash = _random_keys(max(len(dims.dims), 1), stream=0)
+    reason_hash = _random_keys(len(reason_texts) + 1, stream=1)
     # Dims sharing an array touch the same components: add their keys up per array first.
     array_key = np.zeros(dims.num_arrays, dtype=np.uint64)
     np.add.at(array_key, np.asarray(dims.array_of, dtype=np.int64), key_hash[: len(dims.dims)])
@@ -210,7 +209,7 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     has_dim[dims.comp_all] = True
     orphan = ~has_dim
     if orphan.any():
-        signature[orphan] = rng.integers(0, 2**63 - 1, dtype=np.int64).astype(np.uint64)
+        signature[orphan] = _random_keys(1, stream=2)[0]
     _, first, group_of = np.unique(signature, return_index=True, return_inverse=True)
     group_of = group_of.ravel()
     order = np.argsort(first, kind="stable")  # number groups in order of their first component
@@ -238,6 +237,23 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     groups = [Group(g, names[g], r < 0, reason_texts[r] if r >= 0 else None, members)
               for g, r in enumerate(first_reason)]
     return groups, group_of
+
+
+def _random_keys(n: int, stream: int) -> np.ndarray:
+    """The first ``n`` of a fixed sequence of random 64-bit keys (one sequence per ``stream``), read-only.
+
+    Kept between calls: seeding a generator costs more than the rest of a small model's grouping.
+    """
+    keys = _KEYS.get(stream)
+    if keys is None or keys.size < n:
+        size = max(n, 2 * (keys.size if keys is not None else 256))
+        keys = np.random.default_rng([stream, size]).integers(0, 2**63 - 1, size=size, dtype=np.int64).astype(np.uint64)
+        keys.flags.writeable = False
+        _KEYS[stream] = keys
+    return keys[:n]
+
+
+_KEYS: dict[int, np.ndarray] = {}
 
 
 class _GroupMembers:

@@ -236,3 +236,80 @@ def test_row_lookup_by_index_tensor_matches_the_kernel(table, index):
         assert shortcut is None
     else:
         _agrees(shortcut, lambda: table[index])
+
+
+def _agrees_with_cpu(shortcut, run, x):
+    """Like ``_agrees``, against the real CPU kernel on zeros shaped like the meta input ``x``."""
+    real = torch.zeros(x.shape, dtype=x.dtype)
+    _agrees(shortcut, lambda: run(real))
+
+
+@settings(max_examples=300, deadline=None)
+@given(spatial=st.sampled_from([1, 2, 3]), kind=st.sampled_from(["max", "avg"]), batched=st.booleans(),
+       size=st.integers(1, 8), kernel=st.integers(0, 4), stride=st.one_of(st.none(), st.integers(0, 3)),
+       padding=st.integers(0, 2), dilation=st.integers(1, 2), ceil_mode=st.booleans(), functional=st.booleans())
+def test_pooling_shapes_match_the_kernel(spatial, kind, batched, size, kernel, stride, padding, dilation, ceil_mode,
+                                         functional):
+    """Max and average pooling, module and functional, against the CPU kernel (ceil mode's last window included)."""
+    x = _meta(*((2,) if batched else ()), 3, *([size] * spatial))
+    if kind == "max":
+        args = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[spatial]
+        module_type = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[spatial]
+    else:
+        args = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode)
+        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[spatial]
+        module_type = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[spatial]
+    if functional:
+        _agrees_with_cpu(fast_shapes.function_output(fn, (x,), args), lambda real: fn(real, **args), x)
+    else:
+        try:
+            module = module_type(**args)
+        except Exception:  # the constructor itself refuses (e.g. kernel 0 for a 1-d avg pool)
+            return
+        _agrees_with_cpu(fast_shapes.module_output(module, (x,), {}), module, x)
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.lists(st.integers(0, 4), min_size=0, max_size=4),
+       dim=st.one_of(st.none(), st.integers(-5, 4), st.lists(st.integers(-5, 4), max_size=3)),
+       keepdim=st.booleans(), name=st.sampled_from(["mean", "sum", "amax", "amin"]), method=st.booleans())
+def test_reduction_shapes_match_the_kernel(shape, dim, keepdim, name, method):
+    x = _meta(*shape)
+    if method:
+        shortcut = fast_shapes.method_output(name, (x, dim, keepdim), {})
+        run = lambda real: getattr(real, name)(dim, keepdim)  # noqa: E731
+    else:
+        fn = getattr(torch, name)
+        shortcut = fast_shapes.function_output(fn, (x,), {"dim": dim, "keepdim": keepdim})
+        run = lambda real: fn(real, dim=dim, keepdim=keepdim)  # noqa: E731
+    _agrees_with_cpu(shortcut, run, x)
+
+
+def test_reductions_with_a_dtype_or_integers_are_left_to_the_kernel():
+    assert fast_shapes.function_output(torch.sum, (_meta(2, 3),), {"dim": 1, "dtype": torch.float64}) is None
+    assert fast_shapes.method_output("sum", (_meta(2, 3, dtype=torch.int64), 1), {}) is None
+
+
+@pytest.mark.parametrize("module, x", [
+    (nn.Flatten(), _meta(2, 3, 4, 5)),
+    (nn.Flatten(0, 2), _meta(2, 3, 4, 5)),
+    (nn.Flatten(2, 1), _meta(2, 3, 4, 5)),  # start after end: the kernel raises
+    (nn.MaxPool2d(2, return_indices=True), _meta(1, 3, 4, 4)),  # a tuple out: left to the kernel
+])
+def test_flatten_and_pool_modules_match_the_kernel(module, x):
+    _agrees(fast_shapes.module_output(module, (x,), {}), lambda: module(x))
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((_meta(2, 3, 4, 4), 0.2, "row"), {}),
+    ((_meta(2, 3, 4, 4), 0.2, "batch"), {"training": False}),
+    ((_meta(2, 3, 4, 4), 1.5, "row"), {}),  # p out of range: the function raises
+    ((_meta(2, 3, 4, 4), 0.2, "rows"), {}),  # unknown mode: the function raises
+])
+def test_stochastic_depth_shape_matches_the_function(args, kwargs):
+    from torchvision.ops import stochastic_depth
+
+    x = args[0]
+    _agrees_with_cpu(fast_shapes.function_output(stochastic_depth, args, kwargs),
+                     lambda real: stochastic_depth(real, *args[1:], **kwargs), x)

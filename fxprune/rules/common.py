@@ -153,6 +153,8 @@ def set_nonzero(labels: TensorLabels, dims: Sequence[int], code: int) -> TensorL
     for d in dims:
         if out[d] is not None:
             out[d] = out[d].with_nonzero(code)
+    if all(a is b for a, b in zip(out, labels.dims)):
+        return labels  # (already so: labels are immutable, share them)
     return TensorLabels(labels.shape, tuple(out))
 
 

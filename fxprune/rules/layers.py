@@ -27,7 +27,9 @@ def _out_labels(ctx, node, x: TensorLabels | None, out_shape, channel_dim: int, 
     dims = [None] * len(out_shape)
     if x is not None:
         # the kernel mixes spatial positions: channels laid out along them cannot be removed
-        block_dims(ctx, x, range(channel_dim + 1, x.ndim), f"{ctx.describe(node)} convolves over these channels")
+        spatial = [d for d in range(channel_dim + 1, x.ndim) if x.dims[d] is not None]
+        if spatial:
+            block_dims(ctx, x, spatial, f"{ctx.describe(node)} convolves over these channels")
         if channel_dim == 1 and x.dims[0] is not None and x.shape[0] == out_shape[0]:
             dims[0] = _through(ctx, node, x.dims[0], has_bias)  # channels folded into the batch dim
     dims[channel_dim] = out_label
@@ -59,7 +61,9 @@ def _conv_channels(ctx, node, x: TensorLabels | None, w: str, b: str | None, gro
     in_lab = x.dims[channel_dim] if x is not None else None
     if groups == 1:
         if in_lab is not None:
-            ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER, like=in_lab.atoms), f"{ctx.describe(node)} input")
+            consumed = ctx.param_atoms(w, 1, CONSUMER, like=in_lab.atoms)
+            if consumed is not in_lab.atoms:  # (adopted on first use: nothing to unify)
+                ctx.atoms.unify(in_lab.atoms, consumed, f"{ctx.describe(node)} input")
             require_zero(ctx, in_lab, node, "the convolution")
         else:
             ctx.block_if_shared(w, 1, node)

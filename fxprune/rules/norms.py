@@ -40,15 +40,17 @@ def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> None:
         for pname, _ in present:
             ctx.block_if_shared(f"{node.target}.{pname}", 0, node)
         return
-    reason = ctx.describe(node)
     for pname, role in present:
-        ctx.atoms.unify(lab.atoms, ctx.param_atoms(f"{node.target}.{pname}", 0, role, like=lab.atoms), reason)
+        atoms = ctx.param_atoms(f"{node.target}.{pname}", 0, role, like=lab.atoms)
+        if atoms is not lab.atoms:  # (a tensor seen before, or one that could not adopt these atoms)
+            ctx.atoms.unify(lab.atoms, atoms, ctx.describe(node))
 
 
 def _block_statistics_dims(ctx, node, x: TensorLabels, channel_dim: int) -> None:
     """Channels laid along any other dim enter the statistics (batch or spatial): unprunable."""
-    others = [d for d in range(x.ndim) if d != channel_dim]
-    block_dims(ctx, x, others, f"{ctx.describe(node)} computes statistics across these channels")
+    others = [d for d, lab in enumerate(x.dims) if d != channel_dim and lab is not None]
+    if others:
+        block_dims(ctx, x, others, f"{ctx.describe(node)} computes statistics across these channels")
 
 
 def _per_channel_norm(ctx, node):

@@ -65,14 +65,17 @@ class RuleRegistry:
         if node.op == "call_method":
             return self.methods.get(node.target)
         if node.op == "call_module":
-            module = module if module is not None else root.get_submodule(node.target)
-            if hidden_behaviour(module) is not None:
-                return None
-            cls = type(module)
-            if cls not in self._by_class:
-                self._by_class[cls] = self._inherited_rule(cls)
-            return self._by_class[cls]
+            return self.lookup_module(module if module is not None else root.get_submodule(node.target))
         return None
+
+    def lookup_module(self, module: nn.Module) -> Rule | None:
+        """The rule for a call of ``module``: its class's (or an ancestor's with the same forward)."""
+        if hidden_behaviour(module) is not None:
+            return None
+        cls = type(module)
+        if cls not in self._by_class:
+            self._by_class[cls] = self._inherited_rule(cls)
+        return self._by_class[cls]
 
     def _inherited_rule(self, cls: type) -> Rule | None:
         """The rule of the nearest registered class in ``cls``'s MRO, if ``cls`` runs that class's forward.
