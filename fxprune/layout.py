@@ -10,6 +10,7 @@ instead of a Python loop over channels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -18,9 +19,10 @@ CONSUMER = "consumer"  # an input slice reading the channel: removed with it, no
 BUFFER = "buffer"  # a non-trained slice (BN running stats): removed with it, not part of x_g
 
 
-@dataclass(frozen=True)
-class SliceMap:
-    """ZIG membership of every index along ``dim`` of the tensor ``name``."""
+class SliceMap(NamedTuple):
+    """ZIG membership of every index along ``dim`` of the tensor ``name``.
+
+    (A named tuple: analysis makes one per parameter dimension of the model.)"""
 
     name: str  # qualified parameter / buffer name in the user's model
     dim: int

@@ -131,8 +131,7 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     # parameter dims that share atoms share one (read-only) map: views of one tensor for all of them
     zig_all = prunable_id[dims.comp_all]
     any_prunable = dims.segment_max(zig_all) >= 0
-    zig_tensor = torch.from_numpy(zig_all)
-    zig_of = [zig_tensor[a:b] for a, b in zip(dims.starts, dims.ends)]
+    zig_of = torch.from_numpy(zig_all).split(dims.sizes.tolist())  # one view per distinct array
     maps = [SliceMap(pd.name, pd.dim, zig_of[j], pd.role) for pd, j in zip(dims.dims, dims.array_of) if any_prunable[j]]
     layout = ZigLayout(n_prunable, tuple(maps), torch.from_numpy(zig_group))
     return ZigIndex(comp, n_comp, prunable, reason_id, tuple(reason_texts), prunable_id, tuple(groups), layout)

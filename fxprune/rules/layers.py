@@ -45,7 +45,9 @@ def _through(ctx, node, lab: DimLabel | None, has_bias: bool) -> DimLabel | None
 
 def _conv(ctx, node):
     m = ctx.module(node)
-    bias = f"{node.target}.bias" if m.bias is not None else None
+    # (the registered tensors directly: nn.Module.__getattr__ is slow, and a parametrized weight made
+    # this module a barrier before its rule was looked up)
+    bias = f"{node.target}.bias" if m._parameters.get("bias") is not None else None
     return _conv_channels(ctx, node, ctx.labels(node.args[0]), f"{node.target}.weight", bias, m.groups)
 
 

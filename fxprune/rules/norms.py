@@ -33,17 +33,19 @@ def _attribute(m: nn.Module, name: str):
     return getattr(m, name, None)
 
 
-def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> None:
+def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> list[str]:
+    """Couple the norm's per-channel tensors to the channels of ``x``'s ``dim``; returns their names."""
     lab = x.dims[dim]
     present = [(pname, role) for pname, role in _CHANNEL_TENSORS if _attribute(m, pname) is not None]
     if lab is None:
         for pname, _ in present:
             ctx.block_if_shared(f"{node.target}.{pname}", 0, node)
-        return
+        return [pname for pname, _ in present]
     for pname, role in present:
         atoms = ctx.param_atoms(f"{node.target}.{pname}", 0, role, like=lab.atoms)
         if atoms is not lab.atoms:  # (a tensor seen before, or one that could not adopt these atoms)
             ctx.atoms.unify(lab.atoms, atoms, ctx.describe(node))
+    return [pname for pname, _ in present]
 
 
 def _block_statistics_dims(ctx, node, x: TensorLabels, channel_dim: int) -> None:
@@ -63,8 +65,8 @@ def _per_channel_norm(ctx, node):
     if x is None or x.ndim <= dim:
         return out
     _block_statistics_dims(ctx, node, x, dim)
-    _attach_channel_params(ctx, node, m, x, dim)
-    affine = _attribute(m, "weight") is not None and _attribute(m, "bias") is not None
+    present = _attach_channel_params(ctx, node, m, x, dim)
+    affine = "weight" in present and "bias" in present
     uses_running_stats = getattr(m, "track_running_stats", False)
     if affine:  # scale and shift are zeroed with the channel: the output is exactly zero
         out = set_nonzero(out, [dim], 0)
