@@ -241,13 +241,15 @@ class AnalysisContext:
         when they are all tracked and the sizes match, the dimension adopts them instead
         of creating fresh atoms: the same components with fewer atoms and edges.
         """
-        if self._tied or name not in self._named_tensors:
+        tensor = self._named_tensors.get(name)
+        if tensor is None or self._tied:  # (else a registered name, its tensor's only one: the common case)
             name = self.canonical_name(name)  # a tied tensor has one set of atoms, whatever name reaches it
+            tensor = self.tensor_by_name(name)
         key = (name, dim)
         table = self.atoms
         pd = table.param_dims.get(key)
         if pd is None:
-            size = self.tensor_by_name(name).shape[dim]
+            size = tensor.shape[dim]
             is_buffer = self.is_buffer(name)
             adopt = like is not None and like.ndim == 1 and like.shape[0] == size and table.all_tracked(like)
             atoms = like if adopt else table.new(size)

@@ -24,7 +24,8 @@ def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> 
 
     Vectorised min-label hooking with pointer jumping.
     """
-    parent = np.arange(n, dtype=np.int64)
+    identity = np.arange(n, dtype=np.int64)
+    parent = identity.copy()
     if edges and n:
         u = np.concatenate([e[0] for e in edges])
         v = np.concatenate([e[1] for e in edges])
@@ -40,7 +41,7 @@ def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> 
                 if np.array_equal(jumped, parent):
                     break
                 parent = jumped
-    is_root = parent == np.arange(n, dtype=np.int64)  # each root is its component's smallest atom
+    is_root = parent == identity  # each root is its component's smallest atom
     return (np.cumsum(is_root) - 1)[parent]
 
 
@@ -62,11 +63,16 @@ class Group:
     and a concat-heavy one thousands of slices.
     """
 
-    __slots__ = ("id", "name", "prunable", "reason", "_members")
+    __slots__ = ("id", "prunable", "reason", "_members")
 
-    def __init__(self, id: int, name: str, prunable: bool, reason: str | None, members: "_GroupMembers"):
-        self.id, self.name, self.prunable, self.reason = id, name, prunable, reason
+    def __init__(self, id: int, prunable: bool, reason: str | None, members: "_GroupMembers"):
+        self.id, self.prunable, self.reason = id, prunable, reason
         self._members = members
+
+    @property
+    def name(self) -> str:
+        """``'weight[dim 0]'`` of the group's first producer dimension (or first dimension)."""
+        return self._members.name_of(self.id)
 
     @property
     def zigs(self) -> tuple[int, ...]:
@@ -230,11 +236,9 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     low, high = dims.segment_min(group_all), dims.segment_max(group_all)
     pieces = [_split_by_group(group_all[dims.starts[j]:dims.ends[j]], lo, hi)
               for j, (lo, hi) in enumerate(zip(low.tolist(), high.tolist()))]
-    members = _GroupMembers(dims, pieces, by_group, starts, ends)
-    names = _group_names(dims, group_all, n_groups, low, high)
+    members = _GroupMembers(dims, pieces, by_group, starts, ends, (group_all, n_groups, low, high))
     first_reason = reason_id[by_group[starts]].tolist() if n_groups else []  # a group's components share a reason
-    groups = [Group(g, names[g], r < 0, reason_texts[r] if r >= 0 else None, members)
-              for g, r in enumerate(first_reason)]
+    groups = [Group(g, r < 0, reason_texts[r] if r >= 0 else None, members) for g, r in enumerate(first_reason)]
     return groups, group_of
 
 
@@ -256,14 +260,22 @@ _KEYS: dict[int, np.ndarray] = {}
 
 
 class _GroupMembers:
-    """Every group's components and ``ParamSlice`` tuple, each built for all groups at once when first asked for."""
+    """Every group's components, ``ParamSlice`` tuple and name, each built for all groups at once when
+    first asked for (a listing or an optimizer needs them; the analysis itself does not)."""
 
     def __init__(self, dims: _DimArrays, pieces: list[list[tuple[int, np.ndarray]]], by_group: np.ndarray,
-                 starts: list[int], ends: list[int]):
+                 starts: list[int], ends: list[int], naming: tuple):
         self._dims, self._pieces = dims, pieces
         self._by_group, self._starts, self._ends = by_group, starts, ends
+        self._naming = naming  # _group_names' arguments after ``dims``
         self._zigs: list[tuple[int, ...]] | None = None
         self._slices: list[tuple[ParamSlice, ...]] | None = None
+        self._names: list[str] | None = None
+
+    def name_of(self, group: int) -> str:
+        if self._names is None:
+            self._names = _group_names(self._dims, *self._naming)
+        return self._names[group]
 
     def count(self, group: int) -> int:
         return self._ends[group] - self._starts[group]

@@ -55,7 +55,9 @@ def combine_nonzero(mode: str, code: int, present: Sequence[DimLabel], n_other: 
         return present[0].nonzero
     if mode == CONST:
         return np.full(size, code, dtype=np.int64)
-    if mode in (MUL, ADD) and all(lab.all_zero() for lab in present) and (mode == MUL or not n_other or other_zero):
+    if mode == MUL and any(lab.all_zero() for lab in present):
+        return zeros(size)  # a product with an operand whose channels are all zero when zeroed (gating)
+    if mode == ADD and all(lab.all_zero() for lab in present) and (not n_other or other_zero):
         return zeros(size)  # the common case: every operand's channels are zero when zeroed
     if mode == MUL:
         zero = np.zeros(size, dtype=bool)
@@ -80,9 +82,14 @@ def combine_nonzero(mode: str, code: int, present: Sequence[DimLabel], n_other: 
 def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequence[int] | None = None) -> TensorLabels:
     """Broadcasting n-ary op: aligned channel dims are unified, zeros follow ``mode``."""
     out_shape = tuple(out_shape if out_shape is not None else ctx.out_shape(node))
-    if mode == KEEP and len(operands) == 1 and isinstance(operands[0], TensorLabels) \
-            and operands[0].shape == out_shape:
-        return operands[0]  # a unary op that keeps zeros (activations, dropout): the labels pass unchanged
+    if len(operands) == 1 and isinstance(operands[0], TensorLabels) and operands[0].shape == out_shape:
+        if mode == KEEP:
+            return operands[0]  # a unary op that keeps zeros (activations, dropout): the labels pass unchanged
+        if mode == CONST:  # f(0) != 0 (sigmoid...): every channel becomes a constant this node makes
+            code = ctx.code(node)
+            return TensorLabels(out_shape, tuple(None if lab is None else
+                                                 DimLabel(lab.atoms, np.full(lab.size, code, dtype=np.int64))
+                                                 for lab in operands[0].dims))
     nd = len(out_shape)
     code = ctx.code(node)
     tensors = [o for o in operands if isinstance(o, TensorLabels)]
@@ -95,14 +102,15 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
                         or (len(operands) > 1 and (_is_zero_scalar(operands[1]) or _is_non_finite_scalar(operands[1])))):
         mode = CONST  # c / 0 is ±inf or nan; 0 / 0 and 0 / nan are nan
     dims: list[DimLabel | None] = []
+    aligned = [(t, nd - len(t.shape)) for t in tensors]  # each operand with its offset from the right
     for d in range(nd):
         size = out_shape[d]
         present: list[DimLabel] = []
         untracked_present = False
         n_broadcast = n_scalars
         numerator_present = False
-        for t in tensors:
-            k = d - (nd - t.ndim)
+        for t, offset in aligned:
+            k = d - offset
             if k < 0 or (t.shape[k] != size):
                 n_broadcast += 1
                 continue
