@@ -242,15 +242,17 @@ class AnalysisContext:
         of creating fresh atoms: the same components with fewer atoms and edges.
         """
         tensor = self._named_tensors.get(name)
-        if tensor is None or self._tied:  # (else a registered name, its tensor's only one: the common case)
+        if tensor is None or self._tied:
             name = self.canonical_name(name)  # a tied tensor has one set of atoms, whatever name reaches it
             tensor = self.tensor_by_name(name)
+            is_buffer = self.is_buffer(name)
+        else:  # the common case: a registered name, its tensor's only one
+            is_buffer = name in self._buffer_names
         key = (name, dim)
         table = self.atoms
         pd = table.param_dims.get(key)
         if pd is None:
             size = tensor.shape[dim]
-            is_buffer = self.is_buffer(name)
             adopt = like is not None and like.ndim == 1 and like.shape[0] == size and table.all_tracked(like)
             atoms = like if adopt else table.new(size)
             pd = table.param_dims[key] = ParamDim(name, dim, atoms, BUFFER if is_buffer else role, is_buffer)

@@ -26,8 +26,9 @@ _CHANNEL_TENSORS = (("weight", PRODUCER), ("bias", PRODUCER), ("running_mean", B
 
 def _attribute(m: nn.Module, name: str):
     """``getattr(m, name, None)``, reading the registered tensors first: nn.Module.__getattr__ is slow."""
-    if name in m._parameters:
-        return m._parameters[name]
+    tensor = m._parameters.get(name)
+    if tensor is not None or name in m._parameters:
+        return tensor
     if name in m._buffers:
         return m._buffers[name]
     return getattr(m, name, None)
@@ -37,14 +38,16 @@ def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> list[str]
     """Couple the norm's per-channel tensors to the channels of ``x``'s ``dim``; returns their names."""
     lab = x.dims[dim]
     present = [(pname, role) for pname, role in _CHANNEL_TENSORS if _attribute(m, pname) is not None]
+    prefix = node.target + "."
     if lab is None:
         for pname, _ in present:
-            ctx.block_if_shared(f"{node.target}.{pname}", 0, node)
+            ctx.block_if_shared(prefix + pname, 0, node)
         return [pname for pname, _ in present]
+    channels = lab.atoms
     for pname, role in present:
-        atoms = ctx.param_atoms(f"{node.target}.{pname}", 0, role, like=lab.atoms)
-        if atoms is not lab.atoms:  # (a tensor seen before, or one that could not adopt these atoms)
-            ctx.atoms.unify(lab.atoms, atoms, ctx.describe(node))
+        atoms = ctx.param_atoms(prefix + pname, 0, role, like=channels)
+        if atoms is not channels:  # (a tensor seen before, or one that could not adopt these atoms)
+            ctx.atoms.unify(channels, atoms, ctx.describe(node))
     return [pname for pname, _ in present]
 
 
@@ -69,7 +72,8 @@ def _per_channel_norm(ctx, node):
     affine = "weight" in present and "bias" in present
     uses_running_stats = getattr(m, "track_running_stats", False)
     if affine:  # scale and shift are zeroed with the channel: the output is exactly zero
-        out = set_nonzero(out, [dim], 0)
+        if out.dims[dim] is not None and not out.dims[dim].all_zero():
+            out = set_nonzero(out, [dim], 0)
     elif uses_running_stats:  # (0 - running_mean) / std is a non-zero constant in eval mode
         out = set_nonzero(out, [dim], ctx.code(node))
     return out
