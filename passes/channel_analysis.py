@@ -7,7 +7,7 @@ barriers with their reasons, and the parameter slices each atom owns).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -71,8 +71,11 @@ class AtomTable:
         if atoms.size:
             self.blocks.append((atoms, reason))
 
-    def unify(self, a: np.ndarray, b: np.ndarray, reason_if_untracked: str) -> None:
-        """Atoms at equal positions of ``a`` and ``b`` must be pruned together."""
+    def unify(self, a: np.ndarray, b: np.ndarray, reason_if_untracked: str | Callable[[], str]) -> None:
+        """Atoms at equal positions of ``a`` and ``b`` must be pruned together.
+
+        ``reason_if_untracked`` may be a function that makes the text: it is only needed
+        where one side is untracked, and most unions have none."""
         if a is b:  # a parameter dim that adopted these atoms (see ``AnalysisContext.param_atoms``)
             return
         if type(a) is not np.ndarray or a.ndim != 1:
@@ -86,7 +89,9 @@ class AtomTable:
         if both.any():
             self.edges.append((a[both], b[both]))
         # a channel aligned with an untracked element cannot be removed alone
-        self.block(np.concatenate([a[(a >= 0) & (b < 0)], b[(b >= 0) & (a < 0)]]), reason_if_untracked)
+        alone = np.concatenate([a[(a >= 0) & (b < 0)], b[(b >= 0) & (a < 0)]])
+        if alone.size:
+            self.block(alone, reason_if_untracked() if callable(reason_if_untracked) else reason_if_untracked)
 
 
 class AnalysisContext:

@@ -132,7 +132,7 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
                 )
         base_atoms = present[0].atoms
         for lab in present[1:]:
-            ctx.atoms.unify(base_atoms, lab.atoms, f"{ctx.describe(node)} aligns these channels with untracked ones")
+            ctx.atoms.unify(base_atoms, lab.atoms, lambda: f"{ctx.describe(node)} aligns these channels with untracked ones")
             if not ctx.all_tracked(base_atoms):  # fill untracked positions from the other operand
                 base_atoms = np.where(base_atoms >= 0, base_atoms, lab.atoms)
         # operands that broadcast along this dim contribute the same value to every channel:

@@ -65,7 +65,7 @@ def _conv_channels(ctx, node, x: TensorLabels | None, w: str, b: str | None, gro
         if in_lab is not None:
             consumed = ctx.param_atoms(w, 1, CONSUMER, like=in_lab.atoms)
             if consumed is not in_lab.atoms:  # (adopted on first use: nothing to unify)
-                ctx.atoms.unify(in_lab.atoms, consumed, f"{ctx.describe(node)} input")
+                ctx.atoms.unify(in_lab.atoms, consumed, lambda: f"{ctx.describe(node)} input")
             require_zero(ctx, in_lab, node, "the convolution")
         else:
             ctx.block_if_shared(w, 1, node)
@@ -73,8 +73,8 @@ def _conv_channels(ctx, node, x: TensorLabels | None, w: str, b: str | None, gro
         og, ig = weight.shape[0] // groups, weight.shape[1]
         if og > 1:  # the output channels of one conv group form one ZIG
             ctx.atoms.unify(out_atoms, np.repeat(out_atoms[::og], og), "conv group")
-        reason = f"the grouped convolution {ctx.describe(node)} reads channels fxprune cannot track"
-        if in_lab is None or (in_lab.atoms < 0).any():
+        if in_lab is None or not ctx.all_tracked(in_lab.atoms):
+            reason = f"the grouped convolution {ctx.describe(node)} reads channels fxprune cannot track"
             ctx.atoms.block(out_atoms, reason)
             if in_lab is not None:
                 ctx.atoms.block(in_lab.atoms, reason)
@@ -155,7 +155,7 @@ def _conv_transpose(ctx, node):
     if m.bias is not None:
         ctx.atoms.unify(out_atoms, ctx.param_atoms(b, 0, PRODUCER, like=out_atoms), "bias")
     if in_lab is not None:
-        ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 0, CONSUMER, like=in_lab.atoms), f"{ctx.describe(node)} input")
+        ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 0, CONSUMER, like=in_lab.atoms), lambda: f"{ctx.describe(node)} input")
         require_zero(ctx, in_lab, node, "the transposed convolution")
     else:
         ctx.block_if_shared(w, 0, node)
@@ -190,7 +190,7 @@ def _linear(ctx, node):
             dims[d] = _through(ctx, node, x.dims[d], m.bias is not None)
         in_lab = x.dims[-1]
         if in_lab is not None:
-            ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER, like=in_lab.atoms), f"{ctx.describe(node)} input")
+            ctx.atoms.unify(in_lab.atoms, ctx.param_atoms(w, 1, CONSUMER, like=in_lab.atoms), lambda: f"{ctx.describe(node)} input")
             require_zero(ctx, in_lab, node, "the linear layer")
         else:
             ctx.block_if_shared(w, 1, node)
