@@ -45,13 +45,16 @@ class AtomTable:
     blocks: list[tuple[np.ndarray, str]] = field(default_factory=list)
     param_dims: dict[tuple[str, int], ParamDim] = field(default_factory=dict)
 
+    # the arrays ``new`` made, by id: (the array, its first atom); each is a whole run of fresh atoms
+    ranges: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
     _tracked: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)
 
     def new(self, k: int) -> np.ndarray:
         atoms = np.arange(self.count, self.count + k, dtype=np.int64)
         atoms.flags.writeable = False  # atom arrays are shared and their properties cached: never edited in place
-        self.count += k
+        self.ranges[id(atoms)] = (atoms, self.count)
         self._tracked[id(atoms)] = (atoms, True)
+        self.count += k
         return atoms
 
     def all_tracked(self, atoms: np.ndarray) -> bool:

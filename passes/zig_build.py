@@ -19,13 +19,19 @@ from fxprune.layout import PRODUCER, SliceMap, ZigLayout
 from .channel_analysis import AtomTable
 
 
-def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]],
+                         ranges: dict[int, tuple[np.ndarray, int]] | None = None) -> np.ndarray:
     """Component id (0..k-1, in order of each component's smallest atom) of each of ``n`` atoms.
 
-    Vectorised min-label hooking with pointer jumping.
+    ``ranges``: arrays known to be runs of consecutive atoms (``AtomTable.ranges``).  An edge
+    between two of them (a residual add of two layers' outputs) joins them index by index:
+    those are unioned as whole runs first, the rest by vectorised min-label hooking with
+    pointer jumping.
     """
     identity = np.arange(n, dtype=np.int64)
     parent = identity.copy()
+    if ranges and edges:
+        edges = _union_runs(parent, identity, edges, ranges)
     if edges and n:
         u = np.concatenate([e[0] for e in edges])
         v = np.concatenate([e[1] for e in edges])
@@ -43,6 +49,39 @@ def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> 
                 parent = jumped
     is_root = parent == identity  # each root is its component's smallest atom
     return (np.cumsum(is_root) - 1)[parent]
+
+
+def _union_runs(parent: np.ndarray, identity: np.ndarray, edges: list[tuple[np.ndarray, np.ndarray]],
+                ranges: dict[int, tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Union the edges between two whole runs of atoms (``ranges``) run by run; returns the other edges.
+
+    Each run joins the class of runs it is tied to, represented by the run with the smallest
+    first atom: afterwards ``parent`` maps every atom of a run to the same position of that
+    representative (one level deep, every parent smaller or equal, as the hooking loop expects).
+    """
+    rep: dict[int, int] = {}  # first atom of a run -> first atom of a run it is tied to (smaller)
+    length: dict[int, int] = {}
+
+    def root(start: int) -> int:
+        while rep.get(start, start) != start:
+            start = rep[start]
+        return start
+
+    rest = []
+    for a, b in edges:
+        ra, rb = ranges.get(id(a)), ranges.get(id(b))
+        if ra is None or rb is None or ra[0] is not a or rb[0] is not b or a.size != b.size:
+            rest.append((a, b))
+            continue
+        x, y = root(ra[1]), root(rb[1])
+        length[ra[1]] = length[rb[1]] = a.size
+        if x != y:
+            rep[max(x, y)] = min(x, y)
+    for start, size in length.items():
+        top = root(start)
+        if top != start:
+            parent[start:start + size] = identity[top:top + size]
+    return rest
 
 
 class ParamSlice(NamedTuple):
@@ -111,7 +150,7 @@ class ZigIndex:
 
 
 def build_zigs(table: AtomTable) -> ZigIndex:
-    comp = connected_components(table.count, table.edges)
+    comp = connected_components(table.count, table.edges, table.ranges)
     n_comp = int(comp.max()) + 1 if comp.size else 0
     # the first barrier that touched a component names the reason (later blocks written first)
     reason_id = np.full(n_comp, -1, dtype=np.int64)

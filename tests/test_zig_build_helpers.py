@@ -1,10 +1,11 @@
-"""The array helpers of passes/zig_build.py against their plain numpy definitions."""
+"""The array helpers of passes/zig_build.py against plain definitions of what they compute."""
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fxprune  # noqa: F401  (the package first: passes.zig_build is imported through it)
-from passes.zig_build import _distinct_by_array
+from passes.channel_analysis import AtomTable
+from passes.zig_build import _distinct_by_array, connected_components
 
 
 @settings(max_examples=200, deadline=None)
@@ -22,3 +23,44 @@ def test_distinct_by_array_is_the_set_of_keys(arrays):
 def test_strictly_increasing_keys_are_returned_as_they_are():
     keys = np.array([0, 3, 4, 12, 15], dtype=np.int64)
     assert _distinct_by_array(keys, keys // 10) is keys
+
+
+def _reference_components(n, edges):
+    """Plain union-find, one pair at a time: components numbered in order of their smallest atom."""
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = find(x), find(y)
+            parent[max(rx, ry)] = min(rx, ry)
+    roots = [find(x) for x in range(n)]
+    number = {r: i for i, r in enumerate(sorted(set(roots)))}
+    return np.array([number[r] for r in roots], dtype=np.int64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=8), data=st.data())
+def test_components_with_whole_runs_equal_plain_union_find(sizes, data):
+    """Edges between whole fresh runs are unioned run by run; mixed with arbitrary edges (a permuted
+    or partial view of a run, runs of other sizes), the components are those of a plain union-find."""
+    table = AtomTable()
+    runs = [table.new(k) for k in sizes]
+    edges = []
+    for _ in range(data.draw(st.integers(0, 8))):
+        i, j = data.draw(st.integers(0, len(runs) - 1)), data.draw(st.integers(0, len(runs) - 1))
+        a, b = runs[i], runs[j]
+        if a.size == b.size and data.draw(st.booleans()):
+            edges.append((a, b))  # whole run to whole run
+        else:
+            k = min(a.size, b.size)
+            perm = np.asarray(data.draw(st.permutations(list(range(k)))), dtype=np.int64)
+            edges.append((a[:k], b[perm]))  # a slice or a shuffle: not a whole run
+    expected = _reference_components(table.count, edges)
+    assert np.array_equal(connected_components(table.count, edges, table.ranges), expected)
+    assert np.array_equal(connected_components(table.count, edges), expected)

@@ -78,8 +78,9 @@ def _conv_channels(ctx, node, x: TensorLabels | None, w: str, b: str | None, gro
             ctx.atoms.block(out_atoms, reason)
             if in_lab is not None:
                 ctx.atoms.block(in_lab.atoms, reason)
-        else:
-            ctx.atoms.unify(in_lab.atoms, np.repeat(out_atoms[::og], ig), "conv group")
+        else:  # (depthwise: channel c in, channel c out; the run itself keeps the union run-by-run)
+            group_atoms = out_atoms if og == 1 and ig == 1 else np.repeat(out_atoms[::og], ig)
+            ctx.atoms.unify(in_lab.atoms, group_atoms, "conv group")
     return _out_labels(ctx, node, x, out_shape, channel_dim, DimLabel.fresh(out_atoms), b is not None)
 
 
