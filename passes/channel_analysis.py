@@ -81,9 +81,9 @@ class AtomTable:
         where one side is untracked, and most unions have none."""
         if a is b:  # a parameter dim that adopted these atoms (see ``AnalysisContext.param_atoms``)
             return
-        if type(a) is not np.ndarray or a.ndim != 1:
+        if type(a) is not np.ndarray or a.ndim != 1 or a.dtype != np.int64:
             a = np.asarray(a, dtype=np.int64).ravel()
-        if type(b) is not np.ndarray or b.ndim != 1:
+        if type(b) is not np.ndarray or b.ndim != 1 or b.dtype != np.int64:
             b = np.asarray(b, dtype=np.int64).ravel()
         if a.size and self.all_tracked(a) and self.all_tracked(b):  # the common case: every position tracked on both sides
             self.edges.append((a, b))
