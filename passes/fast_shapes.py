@@ -324,6 +324,64 @@ def _stochastic_depth_output(args, kwargs) -> torch.Tensor | None:
     return _like(b["input"])
 
 
+def _view_strides(old_shape, old_strides, new_shape) -> list[int] | None:
+    """The strides of ``new_shape`` viewing a tensor of ``old_shape``/``old_strides`` (non-empty,
+    no zero size), or None where no view exists: ATen's ``computeStride``, chunk by chunk of
+    dims that are contiguous with each other."""
+    new_strides = [0] * len(new_shape)
+    view_d = len(new_shape) - 1
+    chunk_base_stride = old_strides[-1]
+    tensor_numel = view_numel = 1
+    for tensor_d in range(len(old_shape) - 1, -1, -1):
+        tensor_numel *= old_shape[tensor_d]
+        if tensor_d == 0 or (old_shape[tensor_d - 1] != 1
+                             and old_strides[tensor_d - 1] != tensor_numel * chunk_base_stride):
+            while view_d >= 0 and (view_numel < tensor_numel or new_shape[view_d] == 1):
+                new_strides[view_d] = view_numel * chunk_base_stride
+                view_numel *= new_shape[view_d]
+                view_d -= 1
+            if view_numel != tensor_numel:
+                return None
+            if tensor_d > 0:
+                chunk_base_stride = old_strides[tensor_d - 1]
+                tensor_numel = view_numel = 1
+    return new_strides if view_d == -1 else None
+
+
+def _reshape_output(args, kwargs, view: bool = False) -> torch.Tensor | None:
+    """``x.reshape(*sizes)``, ``x.view(*sizes)`` or ``torch.reshape(x, sizes)``: a view where the
+    strides allow one (``view`` raises otherwise, ``reshape`` copies to a contiguous tensor)."""
+    if kwargs or len(args) < 2 or not isinstance(args[0], torch.Tensor):
+        return None
+    x, sizes = args[0], args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    if not all(type(s) is int and s >= -1 for s in sizes) or sizes.count(-1) > 1:
+        return None
+    numel = x.numel()
+    if numel == 0 or x.ndim == 0:
+        return None  # (strides of empty and 0-d tensors follow rules of their own: left to the kernel)
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if known == 0 or numel % known:
+            return None
+        sizes = tuple(numel // known if s == -1 else s for s in sizes)
+    elif known != numel:
+        return None
+    strides = _view_strides(x.shape, x.stride(), sizes)
+    if strides is None:
+        return None if view else _empty(sizes, x.dtype)  # (view: the kernel raises its own error)
+    return torch.empty_strided(sizes, strides, dtype=x.dtype, device="meta")
+
+
+def _contiguous_output(args, kwargs) -> torch.Tensor | None:
+    """``x.contiguous()``: ``x`` itself when it already is, else a contiguous copy."""
+    if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
+        return None
+    x = args[0]
+    return x if x.is_contiguous() else _empty(x.shape, x.dtype)
+
+
 def _gather_rows_output(args, kwargs) -> torch.Tensor | None:
     """``table[index]`` with one integer index tensor (a relative-position bias lookup): rows of
     ``table`` picked along dim 0.  Advanced indexing runs a Python meta kernel; any other index
@@ -346,7 +404,7 @@ _FUNCTIONS: dict[Any, Callable[[tuple, dict], torch.Tensor | None]] = {
     F.normalize: _normalize_output, F.linear: _functional_linear_output, torch.clamp: _clamp_output,
     torch.clamp_min: _one_bound("min"), torch.clamp_max: _one_bound("max"), torch.roll: _roll_output,
     torch.exp: _exp_output, torch.masked_fill: _masked_fill_output, F.softmax: _softmax_output,
-    **POOL_FUNCTIONS, **REDUCTION_FUNCTIONS,
+    torch.reshape: _reshape_output, **POOL_FUNCTIONS, **REDUCTION_FUNCTIONS,
 }
 if stochastic_depth is not None:
     _FUNCTIONS[stochastic_depth] = _stochastic_depth_output
@@ -354,6 +412,7 @@ if stochastic_depth is not None:
 _METHOD_FUNCTIONS = {"clamp": _clamp_output, "clamp_min": _one_bound("min"), "clamp_max": _one_bound("max"),
                      "roll": _roll_output, "exp": _exp_output, "masked_fill": _masked_fill_output,
                      "softmax": lambda a, k: _softmax_output(*_method_softmax_args(a, k)),
+                     "reshape": _reshape_output, "view": lambda a, k: _reshape_output(a, k, view=True), "contiguous": _contiguous_output,
                      **{name: reduction_output for name in REDUCTION_NAMES}}
 
 

@@ -8,6 +8,7 @@ to FakeTensorMode, which swaps fake copies in per module call (slower, more gene
 """
 from __future__ import annotations
 
+import builtins
 import copy
 import inspect
 import logging
@@ -225,6 +226,8 @@ class _RecordingInterpreter:
         return _to_meta(value) if isinstance(value, torch.Tensor) else value
 
     def call_function(self, target, args, kwargs):
+        if target is builtins.getattr:  # ``x.shape``, ``x.dtype``...: reads metadata, no op to shortcut
+            return getattr(*args, **kwargs)
         shortcut = fast_shapes.function_output(target, args, kwargs)
         if shortcut is not None:
             return shortcut

@@ -1,6 +1,7 @@
 """The closed-form shapes in passes.fast_shapes agree with the real kernels, and step aside when the kernel would fail."""
 from __future__ import annotations
 
+import math
 import operator
 
 import pytest
@@ -313,3 +314,36 @@ def test_stochastic_depth_shape_matches_the_function(args, kwargs):
     x = args[0]
     _agrees_with_cpu(fast_shapes.function_output(stochastic_depth, args, kwargs),
                      lambda real: stochastic_depth(real, *args[1:], **kwargs), x)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=st.lists(st.integers(0, 4), min_size=0, max_size=4),
+       sizes=st.lists(st.integers(-2, 6), min_size=0, max_size=4), permuted=st.booleans(),
+       name=st.sampled_from(["reshape", "view", "torch.reshape"]), packed=st.booleans(), data=st.data())
+def test_reshape_and_view_shapes_match_the_kernel(shape, sizes, permuted, name, packed, data):
+    """Shape and strides as the kernel makes them: a view where one exists (also of a permuted input),
+    a contiguous copy for ``reshape`` where none does, and no shortcut where ``view`` refuses."""
+    order = data.draw(st.permutations(list(range(len(shape))))) if permuted else list(range(len(shape)))
+    x = _meta(*shape).permute(order)
+    if not permuted and data.draw(st.booleans()):  # a size that is a product of others
+        sizes = [math.prod(shape)] + sizes[:1] if sizes else [math.prod(shape)]
+    args = (x, tuple(sizes)) if packed or name == "torch.reshape" else (x, *sizes)
+    if name == "torch.reshape":
+        shortcut = fast_shapes.function_output(torch.reshape, args, {})
+        run = lambda real: torch.reshape(real, tuple(sizes))  # noqa: E731
+    else:
+        shortcut = fast_shapes.method_output(name, args, {})
+        run = lambda real: getattr(real, name)(*args[1:])  # noqa: E731
+    real = torch.zeros(shape, dtype=x.dtype).permute(order)  # the same strides as ``x``
+    assert real.shape == x.shape and real.stride() == x.stride()
+    _agrees(shortcut, lambda: run(real))
+    if shortcut is not None:
+        assert shortcut.stride() == run(real).stride()
+
+
+def test_contiguous_is_the_tensor_itself_or_a_contiguous_copy():
+    x = _meta(2, 3)
+    assert fast_shapes.method_output("contiguous", (x,), {}) is x
+    copy = fast_shapes.method_output("contiguous", (x.t(),), {})
+    assert copy is not x and copy.shape == (3, 2) and copy.is_contiguous()
+    assert fast_shapes.method_output("view", (x, torch.float16), {}) is None  # a dtype view
