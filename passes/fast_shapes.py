@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .window_shapes import POOL_FUNCTIONS, REDUCTION_FUNCTIONS, REDUCTION_NAMES, pool_module_output, reduction_output
+from .window_shapes import bind_arguments as _bind
 
 try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt, Swin...): FX keeps it as one call
     from torchvision.ops import stochastic_depth
@@ -211,16 +212,6 @@ def _flatten_output(args, kwargs) -> torch.Tensor | None:
         return None
     shape = (*x.shape[:start], math.prod(x.shape[start:end + 1]), *x.shape[end + 1:])
     return _empty(shape, x.dtype)
-
-
-def _bind(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: dict) -> dict | None:
-    """``args``/``kwargs`` by parameter name, or None for an extra or unknown argument."""
-    if len(args) > len(names) or any(k not in names for k in kwargs):
-        return None
-    bound = dict(defaults)
-    bound.update(zip(names, args))
-    bound.update(kwargs)
-    return bound if all(n in bound for n in names) else None
 
 
 def _is_number(v: Any) -> bool:

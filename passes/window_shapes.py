@@ -81,7 +81,7 @@ def pool_module_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor | Non
     return None
 
 
-def _bound(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: dict) -> dict | None:
+def bind_arguments(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: dict) -> dict | None:
     """``args``/``kwargs`` by parameter name, or None for an extra, unknown or missing argument."""
     if len(args) > len(names) or any(k not in names for k in kwargs):
         return None
@@ -96,7 +96,7 @@ def _functional_max_pool(spatial: int):
     defaults = dict(stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False)
 
     def output(args, kwargs):
-        b = _bound(args, kwargs, names, defaults)
+        b = bind_arguments(args, kwargs, names, defaults)
         if b is None or b["return_indices"] is not False:
             return None
         return pool_output(b["input"], spatial, b["kernel_size"], b["stride"], b["padding"], b["dilation"],
@@ -113,7 +113,7 @@ def _functional_avg_pool(spatial: int):
         defaults["divisor_override"] = None
 
     def output(args, kwargs):
-        b = _bound(args, kwargs, names, defaults)
+        b = bind_arguments(args, kwargs, names, defaults)
         if b is None or type(b["count_include_pad"]) is not bool:
             return None
         divisor = b.get("divisor_override")
@@ -126,7 +126,7 @@ def _functional_avg_pool(spatial: int):
 
 def reduction_output(args, kwargs) -> torch.Tensor | None:
     """``x.mean/sum/amax/amin(dim, keepdim)`` over named dims of a float tensor (no dtype or out)."""
-    b = _bound(args, kwargs, ("input", "dim", "keepdim"), dict(keepdim=False))
+    b = bind_arguments(args, kwargs, ("input", "dim", "keepdim"), dict(keepdim=False))
     if b is None:
         return None
     x, dim, keepdim = b["input"], b["dim"], b["keepdim"]
