@@ -154,18 +154,19 @@ class AnalysisContext:
         a module called from many nodes (a shared activation) is looked at once."""
         facts = self._module_facts.get(target)
         if facts is None:
-            module = self._modules.get(target)
-            if module is None:
-                module = self._modules[target] = self.gm.get_submodule(target)
+            module = self.module_at(target)
             # vars(): nn.Module.__getattr__ would build an AttributeError for a module without ``inplace``
             facts = self._module_facts[target] = (RULES.lookup_module(module), vars(module).get("inplace", False) is True,
                                                   isinstance(module, ALIASING_MODULES))
         return facts
 
     def module(self, node: fx.Node) -> nn.Module:
-        m = self._modules.get(node.target)
+        return self.module_at(node.target)
+
+    def module_at(self, target: str) -> nn.Module:
+        m = self._modules.get(target)
         if m is None:
-            m = self._modules[node.target] = self.gm.get_submodule(node.target)
+            m = self._modules[target] = self.gm.get_submodule(target)
         return m
 
     @staticmethod
