@@ -25,6 +25,7 @@ from .aliasing import ALIASING_MODULES, AliasClasses, aliased_inputs, mutated_in
 from .module_walk import walk_modules
 
 META_KEY = "fxprune.channels"
+_MAY_ALIAS: dict[type, bool] = {}  # module class -> whether a call may return its input itself (static)
 
 
 @dataclass(slots=True)
@@ -155,9 +156,13 @@ class AnalysisContext:
         facts = self._module_facts.get(target)
         if facts is None:
             module = self.module_at(target)
+            cls = type(module)
+            may_alias = _MAY_ALIAS.get(cls)
+            if may_alias is None:
+                may_alias = _MAY_ALIAS[cls] = issubclass(cls, ALIASING_MODULES)
             # vars(): nn.Module.__getattr__ would build an AttributeError for a module without ``inplace``
             facts = self._module_facts[target] = (RULES.lookup_module(module), vars(module).get("inplace", False) is True,
-                                                  isinstance(module, ALIASING_MODULES))
+                                                  may_alias)
         return facts
 
     def module(self, node: fx.Node) -> nn.Module:
@@ -270,6 +275,24 @@ class AnalysisContext:
         elif role == PRODUCER or (role == CONSUMER and pd.role is None):
             pd.role = role  # a producer use anywhere makes the slice part of x_g
         return pd.atoms
+
+    def adopting_param_atoms(self, names_and_roles: list[tuple[str, str]], dim: int, like: np.ndarray) -> list[np.ndarray]:
+        """``param_atoms(name, dim, role, like=like)`` for each ``(name, role)``: a norm's scale, shift
+        and statistics, which all adopt the channels they normalise (the test for that runs once)."""
+        table = self.atoms
+        adoptable = like.ndim == 1 and not self._tied and table.all_tracked(like)
+        size = like.shape[0] if adoptable else -1
+        out = []
+        for name, role in names_and_roles:
+            tensor = self._named_tensors.get(name)
+            is_buffer = name in self._buffer_names
+            key = (name, dim)
+            if tensor is None or tensor.shape[dim] != size or key in table.param_dims:
+                out.append(self.param_atoms(name, dim, role, like=like))  # (the general case)
+            else:
+                table.param_dims[key] = ParamDim(name, dim, like, BUFFER if is_buffer else role, is_buffer)
+                out.append(like)
+        return out
 
     def all_tracked(self, atoms: np.ndarray) -> bool:
         """No untracked (-1) atom in ``atoms`` (see ``AtomTable.all_tracked``)."""

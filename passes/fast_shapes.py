@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .meta_tensors import META, empty_meta as _empty, meta_like as _like
 from .window_shapes import POOL_FUNCTIONS, REDUCTION_FUNCTIONS, REDUCTION_NAMES, pool_module_output, reduction_output
 from .window_shapes import bind_arguments as _bind
 
@@ -24,15 +25,6 @@ try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt, Swin...): FX kee
     from torchvision.ops import stochastic_depth
 except ImportError:  # pragma: no cover - torchvision is a dependency, but the shortcut is optional
     stochastic_depth = None
-
-
-def _empty(shape, dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, device="meta")
-
-
-def _like(x: torch.Tensor) -> torch.Tensor:
-    # torch.empty_like on a meta tensor goes through a slow Python reference
-    return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
 
 
 def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -362,7 +354,7 @@ def _reshape_output(args, kwargs, view: bool = False) -> torch.Tensor | None:
     strides = _view_strides(x.shape, x.stride(), sizes)
     if strides is None:
         return None if view else _empty(sizes, x.dtype)  # (view: the kernel raises its own error)
-    return torch.empty_strided(sizes, strides, dtype=x.dtype, device="meta")
+    return torch.empty_strided(sizes, strides, dtype=x.dtype, device=META)
 
 
 def _contiguous_output(args, kwargs) -> torch.Tensor | None:

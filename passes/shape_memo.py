@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from .meta_tensors import meta_like
+
 _PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format, torch.layout)
 _UNKEYABLE = object()
 _MODULE_BOOKKEEPING = frozenset(nn.Module().__dict__)  # nn.Module's own attributes (hooks, flags, stores)
@@ -68,9 +70,7 @@ def call_key(callee_key: Hashable, args: tuple, kwargs: dict) -> Hashable:
 
 def fresh_copy(value: Any) -> Any:
     """New meta tensors with the same shapes (a later in-place op must not reshape a cached value)."""
-    return tree_map(
-        lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-        if isinstance(t, torch.Tensor) else t, value)
+    return tree_map(lambda t: meta_like(t) if isinstance(t, torch.Tensor) else t, value)
 
 
 class ShapeMemo:

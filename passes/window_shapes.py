@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _empty(shape, dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, device="meta")
+from .meta_tensors import empty_meta as _empty
 
 
 def _per_dim(value: Any, n: int) -> tuple[int, ...] | None:

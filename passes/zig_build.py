@@ -159,9 +159,9 @@ def build_zigs(table: AtomTable) -> ZigIndex:
         reason_id[comp[table.blocks[i][0]]] = i
     dims = _DimArrays(table, comp)
     has_producer = np.zeros(n_comp, dtype=bool)
-    producer_arrays = sorted({dims.array_of[k] for k, pd in enumerate(dims.dims) if pd.role == PRODUCER})
-    if producer_arrays:
-        has_producer[np.concatenate([dims.comps(j) for j in producer_arrays])] = True
+    producer_array = np.zeros(dims.num_arrays, dtype=bool)  # per distinct array: some producer dim holds it
+    producer_array[[j for pd, j in zip(dims.dims, dims.array_of) if pd.role == PRODUCER]] = True
+    has_producer[dims.comp_all[producer_array[dims.array_all]]] = True
     no_producer = (~has_producer) & (reason_id < 0)
     reason_texts.append("no parameter produces these channels (only consumers read them)")
     reason_id[no_producer] = len(reason_texts) - 1
@@ -175,7 +175,7 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     zig_group[prunable_id[prunable]] = group_of[prunable]
     # parameter dims that share atoms share one (read-only) map: views of one tensor for all of them
     zig_all = prunable_id[dims.comp_all]
-    any_prunable = dims.segment_max(zig_all) >= 0
+    any_prunable = (dims.segment_max(zig_all) >= 0).tolist()
     zig_of = torch.from_numpy(zig_all).split(dims.sizes.tolist())  # one view per distinct array
     maps = [SliceMap(pd.name, pd.dim, zig_of[j], pd.role) for pd, j in zip(dims.dims, dims.array_of) if any_prunable[j]]
     layout = ZigLayout(n_prunable, tuple(maps), torch.from_numpy(zig_group))
@@ -209,9 +209,6 @@ class _DimArrays:
         atoms = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
         self.comp_all = comp[atoms]  # component of every atom of every distinct array
         self.array_all = np.repeat(np.arange(self.num_arrays, dtype=np.int64), sizes)
-
-    def comps(self, j: int) -> np.ndarray:
-        return self.comp_all[self.starts[j]:self.ends[j]]
 
     def segment_max(self, values: np.ndarray) -> np.ndarray:
         """Per distinct array: the largest of ``values`` over its atoms (-1 for an empty array)."""

@@ -26,11 +26,12 @@ _CHANNEL_TENSORS = (("weight", PRODUCER), ("bias", PRODUCER), ("running_mean", B
 
 def _attribute(m: nn.Module, name: str):
     """``getattr(m, name, None)``, reading the registered tensors first: nn.Module.__getattr__ is slow."""
-    tensor = m._parameters.get(name)
-    if tensor is not None or name in m._parameters:
-        return tensor
-    if name in m._buffers:
-        return m._buffers[name]
+    params = m._parameters
+    if name in params:
+        return params[name]
+    buffers = m._buffers
+    if name in buffers:
+        return buffers[name]
     return getattr(m, name, None)
 
 
@@ -44,8 +45,7 @@ def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> list[str]
             ctx.block_if_shared(prefix + pname, 0, node)
         return [pname for pname, _ in present]
     channels = lab.atoms
-    for pname, role in present:
-        atoms = ctx.param_atoms(prefix + pname, 0, role, like=channels)
+    for atoms in ctx.adopting_param_atoms([(prefix + pname, role) for pname, role in present], 0, channels):
         if atoms is not channels:  # (a tensor seen before, or one that could not adopt these atoms)
             ctx.atoms.unify(channels, atoms, ctx.describe(node))
     return [pname for pname, _ in present]
