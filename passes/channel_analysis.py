@@ -51,8 +51,9 @@ class AtomTable:
     _tracked: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)
 
     def new(self, k: int) -> np.ndarray:
-        atoms = np.arange(self.count, self.count + k, dtype=np.int64)
-        atoms.flags.writeable = False  # atom arrays are shared and their properties cached: never edited in place
+        # a view of one shared read-only arange: atom arrays are shared and their properties cached,
+        # never edited in place (and a view costs a fraction of a new arange)
+        atoms = _counting(self.count + k)[self.count:self.count + k]
         self.ranges[id(atoms)] = (atoms, self.count)
         self._tracked[id(atoms)] = (atoms, True)
         self.count += k
@@ -96,6 +97,18 @@ class AtomTable:
         alone = np.concatenate([a[(a >= 0) & (b < 0)], b[(b >= 0) & (a < 0)]])
         if alone.size:
             self.block(alone, reason_if_untracked() if callable(reason_if_untracked) else reason_if_untracked)
+
+
+def _counting(n: int) -> np.ndarray:
+    """A read-only ``arange`` of at least ``n`` int64s, shared by every atom table (grown by doubling)."""
+    global _COUNTING
+    if _COUNTING.size < n:
+        _COUNTING = np.arange(max(n, 2 * _COUNTING.size), dtype=np.int64)
+        _COUNTING.flags.writeable = False
+    return _COUNTING
+
+
+_COUNTING = np.zeros(0, dtype=np.int64)
 
 
 class AnalysisContext:

@@ -13,9 +13,12 @@ def walk_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(qualified name, module)`` for ``root`` and every submodule, pre-order, duplicates kept."""
     out: list[tuple[str, nn.Module]] = []
     stack = [("", root)]
+    pop, append = stack.pop, out.append
     while stack:
-        prefix, module = stack.pop()
-        out.append((prefix, module))
-        dot = prefix + "." if prefix else ""
-        stack += [(dot + name, child) for name, child in reversed(module._modules.items()) if child is not None]
+        prefix, module = pop()
+        append((prefix, module))
+        children = module._modules
+        if children:  # (most modules are leaves: nothing to build for them)
+            dot = prefix + "." if prefix else ""
+            stack += [(dot + name, child) for name, child in reversed(children.items()) if child is not None]
     return out

@@ -364,12 +364,17 @@ def _distinct_by_array(keys: np.ndarray, array: np.ndarray) -> np.ndarray:
     """The distinct values of ``keys`` (any order), where ``keys`` is array-major: the keys of one
     array (``array[i]``) are contiguous and below the next array's.
 
-    Most arrays are a layer's own channels, already strictly increasing: only arrays with a
-    repeat or a descent are sorted (np.unique would sort, or hash, everything).
+    Most arrays are a layer's own channels, already strictly increasing, and a grouped conv's
+    repeat its components in runs: equal neighbours are dropped first, then only arrays with a
+    descent are sorted (np.unique would sort, or hash, everything).
     """
     if keys.size < 2:
         return keys
-    stalls = np.flatnonzero(keys[1:] <= keys[:-1])
+    step = keys[1:] != keys[:-1]
+    if not step.all():  # runs of one component (the channels of one conv group)
+        keep = np.concatenate(([True], step))
+        keys, array = keys[keep], array[keep]
+    stalls = np.flatnonzero(keys[1:] < keys[:-1])
     if not stalls.size:
         return keys
     unsorted = np.zeros(int(array[-1]) + 1, dtype=bool)
