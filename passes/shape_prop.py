@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
+from torch.nn.modules import module as _global_hooks
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
@@ -204,9 +205,11 @@ class _RecordingInterpreter:
 
     def call_module(self, target, args, kwargs):
         module = self._module(target)
-        shortcut = fast_shapes.module_output(module, args, kwargs)
-        if shortcut is not None:
-            return shortcut
+        if not (module._forward_hooks or module._forward_pre_hooks or _global_hooks._global_forward_hooks
+                or _global_hooks._global_forward_pre_hooks):  # (a hook may change the output: run the module)
+            shortcut = fast_shapes.module_output(module, args, kwargs)
+            if shortcut is not None:
+                return shortcut
         key = self._memo.key_for_module(module, args, kwargs)
         result = self._memo.lookup(key)
         if result is not None:

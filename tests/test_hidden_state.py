@@ -130,6 +130,19 @@ def test_a_module_with_hooks_is_a_barrier(hook):
         assert any("forward hooks" in (g.reason or "") for g in space.groups)
 
 
+def test_a_hook_that_changes_the_output_shape_is_propagated():
+    """Shape propagation runs a hooked module (with its hooks) instead of its closed-form shape: the
+    recorded shape is what the model computes, and the compact model is still exact."""
+    model = Plain()
+    model.c1.register_forward_hook(lambda mod, inp, out: out.mean(dim=(2, 3), keepdim=True))
+    x = torch.randn(2, 8, 16, 16)
+    space, diff = _compact_and_compare(model, x)
+    c1 = next(n for n in space.graph_module.graph.nodes if n.target == "c1")
+    with torch.no_grad():
+        assert tuple(c1.meta["val"].shape) == tuple(model.c1(x).shape) == (2, 8, 1, 1)
+    assert diff < 1e-4
+
+
 @pytest.mark.parametrize("which", ["c1", "c2"])
 def test_a_parametrized_module_is_a_barrier(which):
     model = Plain()
