@@ -195,13 +195,23 @@ class AnalysisContext:
     def _index_tensors(self, modules: list[tuple[str, nn.Module]] | None) -> None:
         """Modules by name, name -> tensor, tensor -> first name, and which are parameters or tied:
         one walk of the module tree (or the one the caller already made)."""
+        modules = modules if modules is not None else walk_modules(self.gm)
+        self._modules = dict(modules)  # (qualified names are unique; a shared module is under each of its names)
         params, buffers = [], []
-        for prefix, mod in modules if modules is not None else walk_modules(self.gm):  # named_parameters' order
-            self._modules.setdefault(prefix, mod)
-            if mod._parameters or mod._buffers:
+        add_param, add_buffer = params.append, buffers.append
+        for prefix, mod in modules:  # named_parameters' order
+            tensors = mod._parameters
+            if tensors:
                 dot = prefix + "." if prefix else ""
-                params += [(dot + k, p) for k, p in mod._parameters.items() if p is not None]
-                buffers += [(dot + k, b) for k, b in mod._buffers.items() if b is not None]
+                for k, t in tensors.items():
+                    if t is not None:
+                        add_param((dot + k, t))
+            tensors = mod._buffers
+            if tensors:
+                dot = prefix + "." if prefix else ""
+                for k, t in tensors.items():
+                    if t is not None:
+                        add_buffer((dot + k, t))
         self._named_tensors = dict(params)
         self._named_tensors.update(buffers)
         self._param_ids = {id(p) for _, p in params}
