@@ -9,8 +9,7 @@ per model, the best of ``--repeats`` runs of: bare ``torch.fx.symbolic_trace``;
 fxprune's analysis (shape propagation + channel analysis + ZIG grouping: everything
 ``fxprune.trace`` does after FX tracing); the whole ``fxprune.trace``; construction;
 and Torch-Pruning 1.6.1's ``DependencyGraph().build_dependency`` in the same process
-(``pip install -e '.[bench]'``), with both of ours as ratios to it.  Our traces and
-Torch-Pruning's calls alternate, so machine load falls on both alike.
+(``pip install -e '.[bench]'``), with both of ours as ratios to it.
 """
 from __future__ import annotations
 
@@ -41,37 +40,22 @@ def best_of(repeats: int, fn):
     return min(times), result
 
 
-def traces_and_torch_pruning(model, x, repeats: int, with_tp: bool):
-    """``repeats`` calls of ``fxprune.trace`` and of Torch-Pruning's ``build_dependency``, taken in
-    turn, so that a busy spell on the machine slows both alike.  Returns the spaces and Torch-Pruning's
-    best time (None without Torch-Pruning, a "fails: ..." text where it raises)."""
-    build = None
-    if with_tp:
-        try:
-            import torch_pruning as tp
-        except ImportError:
-            pass
-        else:
-            build = lambda: tp.DependencyGraph().build_dependency(model, example_inputs=x)  # noqa: E731
-    spaces, tp_times, tp_result = [], [], None
-    for _ in range(repeats):
-        spaces.append(fxprune.trace(model, x))
-        if build is not None:
-            t0 = time.perf_counter()
-            try:
-                build()
-            except Exception as exc:  # Torch-Pruning fails on some models: say so in the table
-                tp_result, build = f"fails: {type(exc).__name__}", None
-                continue
-            tp_times.append(time.perf_counter() - t0)
-    return spaces, (min(tp_times) if tp_times and tp_result is None else tp_result)
+def torch_pruning_time(model, x, repeats):
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return None
+    try:
+        return best_of(repeats, lambda: tp.DependencyGraph().build_dependency(model, example_inputs=x))[0]
+    except Exception as exc:  # Torch-Pruning fails on some models: say so in the table
+        return f"fails: {type(exc).__name__}"
 
 
 def run_model(name: str, small: bool, repeats: int, with_tp: bool):
     model = zoo.build(name)
     x = zoo.example_input(name, small)
     t_fx, _ = best_of(repeats, lambda: torch.fx.symbolic_trace(model))
-    spaces, tp_time = traces_and_torch_pruning(model, x, repeats, with_tp)
+    spaces = [fxprune.trace(model, x) for _ in range(repeats)]
     t_trace = min(sp.timings["total"] for sp in spaces)
     t_analysis = min(sp.timings["shapes"] + sp.timings["channels"] for sp in spaces)  # everything after FX tracing
     space = spaces[-1]
@@ -84,6 +68,7 @@ def run_model(name: str, small: bool, repeats: int, with_tp: bool):
     with torch.no_grad():
         diff, scale = compare_outputs(y, small_model.eval()(x))
     params1, flops1 = count_params(small_model), count_flops(small_model, x)
+    tp_time = torch_pruning_time(model, x, repeats) if with_tp else None
     has_tp = isinstance(tp_time, float)
     row = dict(
         model=name, input=x.shape[-1], nodes=len(space.graph_module.graph.nodes), groups=len(space.groups),
