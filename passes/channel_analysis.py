@@ -200,18 +200,13 @@ class AnalysisContext:
         params, buffers = [], []
         add_param, add_buffer = params.append, buffers.append
         for prefix, mod in modules:  # named_parameters' order
-            tensors = mod._parameters
-            if tensors:
-                dot = prefix + "." if prefix else ""
+            if not (mod._parameters or mod._buffers):
+                continue  # (containers: most modules of a deep model)
+            dot = prefix + "." if prefix else ""
+            for tensors, add in ((mod._parameters, add_param), (mod._buffers, add_buffer)):
                 for k, t in tensors.items():
                     if t is not None:
-                        add_param((dot + k, t))
-            tensors = mod._buffers
-            if tensors:
-                dot = prefix + "." if prefix else ""
-                for k, t in tensors.items():
-                    if t is not None:
-                        add_buffer((dot + k, t))
+                        add((dot + k, t))
         self._named_tensors = dict(params)
         self._named_tensors.update(buffers)
         self._param_ids = {id(p) for _, p in params}
