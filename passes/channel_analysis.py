@@ -48,6 +48,8 @@ class AtomTable:
 
     # the arrays ``new`` made, by id: (the array, its first atom); each is a whole run of fresh atoms
     ranges: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
+    # arrays ``unify_in_blocks`` made, by id: (the array, its block size k)
+    block_heads: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
     _tracked: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)
 
     def new(self, k: int) -> np.ndarray:
@@ -69,6 +71,16 @@ class AtomTable:
         if not atoms.flags.writeable:  # (only arrays nobody can edit; the entry holds the array, so its id stays unique)
             self._tracked[id(atoms)] = (atoms, tracked)
         return tracked
+
+    def unify_in_blocks(self, atoms: np.ndarray, k: int, reason: str) -> None:
+        """Atoms in consecutive blocks of ``k`` must be pruned together (a conv group's output channels).
+
+        The edge pairs each atom with its block's first; ZIG building unions such an edge on
+        a whole run of fresh atoms in closed form (``zig_build.connected_components``)."""
+        heads = np.repeat(atoms[::k], k)[:atoms.size]  # (a last block may be short)
+        heads.flags.writeable = False
+        self.block_heads[id(heads)] = (heads, k)
+        self.unify(atoms, heads, reason)
 
     def block(self, atoms: np.ndarray, reason: str) -> None:
         atoms = np.asarray(atoms, dtype=np.int64).ravel()

@@ -20,18 +20,20 @@ from .channel_analysis import AtomTable
 
 
 def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]],
-                         ranges: dict[int, tuple[np.ndarray, int]] | None = None) -> np.ndarray:
+                         ranges: dict[int, tuple[np.ndarray, int]] | None = None,
+                         block_heads: dict[int, tuple[np.ndarray, int]] | None = None) -> np.ndarray:
     """Component id (0..k-1, in order of each component's smallest atom) of each of ``n`` atoms.
 
     ``ranges``: arrays known to be runs of consecutive atoms (``AtomTable.ranges``).  An edge
-    between two of them (a residual add of two layers' outputs) joins them index by index:
-    those are unioned as whole runs first, the rest by vectorised min-label hooking with
-    pointer jumping.
+    between two of them (a residual add of two layers' outputs) joins them index by index,
+    and an edge from a run to its ``block_heads`` array (``AtomTable.unify_in_blocks``) joins
+    its blocks: those are unioned in closed form first, the rest by vectorised min-label
+    hooking with pointer jumping.
     """
     identity = np.arange(n, dtype=np.int64)
     parent = identity.copy()
     if ranges and edges:
-        edges = _union_runs(parent, identity, edges, ranges)
+        edges = _union_runs(parent, identity, edges, ranges, block_heads or {})
     if edges and n:
         u = np.concatenate([e[0] for e in edges])
         v = np.concatenate([e[1] for e in edges])
@@ -52,15 +54,19 @@ def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]],
 
 
 def _union_runs(parent: np.ndarray, identity: np.ndarray, edges: list[tuple[np.ndarray, np.ndarray]],
-                ranges: dict[int, tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Union the edges between two whole runs of atoms (``ranges``) run by run; returns the other edges.
+                ranges: dict[int, tuple[np.ndarray, int]],
+                block_heads: dict[int, tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Union the edges between two whole runs of atoms (``ranges``) run by run, and those that join a
+    run's consecutive blocks (``block_heads``) block by block; returns the other edges.
 
     Each run joins the class of runs it is tied to, represented by the run with the smallest
     first atom: afterwards ``parent`` maps every atom of a run to the same position of that
-    representative (one level deep, every parent smaller or equal, as the hooking loop expects).
+    representative, or to the first position of its block there (one level deep, every parent
+    smaller or equal, as the hooking loop expects).
     """
     rep: dict[int, int] = {}  # first atom of a run -> first atom of a run it is tied to (smaller)
     length: dict[int, int] = {}
+    blocked: list[tuple[int, int, tuple[np.ndarray, np.ndarray]]] = []  # (first atom, block size, edge)
 
     def root(start: int) -> int:
         while rep.get(start, start) != start:
@@ -69,8 +75,16 @@ def _union_runs(parent: np.ndarray, identity: np.ndarray, edges: list[tuple[np.n
 
     rest = []
     for a, b in edges:
-        ra, rb = ranges.get(id(a)), ranges.get(id(b))
-        if ra is None or rb is None or ra[0] is not a or rb[0] is not b or a.size != b.size:
+        ra = ranges.get(id(a))
+        if ra is None or ra[0] is not a:
+            rest.append((a, b))
+            continue
+        heads = block_heads.get(id(b))
+        if heads is not None and heads[0] is b:
+            blocked.append((ra[1], heads[1], (a, b)))
+            continue
+        rb = ranges.get(id(b))
+        if rb is None or rb[0] is not b or a.size != b.size:
             rest.append((a, b))
             continue
         x, y = root(ra[1]), root(rb[1])
@@ -81,6 +95,15 @@ def _union_runs(parent: np.ndarray, identity: np.ndarray, edges: list[tuple[np.n
         top = root(start)
         if top != start:
             parent[start:start + size] = identity[top:top + size]
+    if blocked:
+        block_of: dict[int, int] = {}  # representative run -> the block size it was split in
+        for start, k, edge in blocked:
+            top, size = root(start), edge[0].size
+            if block_of.setdefault(top, k) != k or size % k:
+                rest.append(edge)  # a second block size on one class: the general loop
+                continue
+            parent[top:top + size] = identity[top:top + size:k].repeat(k)
+        parent[:] = parent[parent]  # runs tied to a representative: one level deep again
     return rest
 
 
@@ -150,7 +173,7 @@ class ZigIndex:
 
 
 def build_zigs(table: AtomTable) -> ZigIndex:
-    comp = connected_components(table.count, table.edges, table.ranges)
+    comp = connected_components(table.count, table.edges, table.ranges, table.block_heads)
     n_comp = int(comp.max()) + 1 if comp.size else 0
     # the first barrier that touched a component names the reason (later blocks written first)
     reason_id = np.full(n_comp, -1, dtype=np.int64)

@@ -47,20 +47,26 @@ def _reference_components(n, edges):
 @settings(max_examples=200, deadline=None)
 @given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=8), data=st.data())
 def test_components_with_whole_runs_equal_plain_union_find(sizes, data):
-    """Edges between whole fresh runs are unioned run by run; mixed with arbitrary edges (a permuted
-    or partial view of a run, runs of other sizes), the components are those of a plain union-find."""
+    """Edges between whole fresh runs are unioned run by run, and runs united in blocks
+    (``unify_in_blocks``: a grouped conv's output) block by block; mixed with arbitrary edges (a
+    permuted or partial view of a run, runs of other sizes), the components are those of a plain
+    union-find."""
     table = AtomTable()
     runs = [table.new(k) for k in sizes]
-    edges = []
     for _ in range(data.draw(st.integers(0, 8))):
         i, j = data.draw(st.integers(0, len(runs) - 1)), data.draw(st.integers(0, len(runs) - 1))
         a, b = runs[i], runs[j]
-        if a.size == b.size and data.draw(st.booleans()):
-            edges.append((a, b))  # whole run to whole run
+        kind = data.draw(st.sampled_from(["runs", "blocks", "other"]))
+        if kind == "runs" and a.size == b.size:
+            table.unify(a, b, "")  # whole run to whole run
+        elif kind == "blocks":
+            table.unify_in_blocks(a, data.draw(st.integers(1, a.size)), "")  # (sizes it does not divide too)
         else:
             k = min(a.size, b.size)
             perm = np.asarray(data.draw(st.permutations(list(range(k)))), dtype=np.int64)
-            edges.append((a[:k], b[perm]))  # a slice or a shuffle: not a whole run
+            table.unify(a[:k], b[perm], "")  # a slice or a shuffle: not a whole run
+    edges = table.edges
     expected = _reference_components(table.count, edges)
+    assert np.array_equal(connected_components(table.count, edges, table.ranges, table.block_heads), expected)
     assert np.array_equal(connected_components(table.count, edges, table.ranges), expected)
     assert np.array_equal(connected_components(table.count, edges), expected)

@@ -72,14 +72,17 @@ def _conv_channels(ctx, node, x: TensorLabels | None, w: str, b: str | None, gro
     else:
         og, ig = weight.shape[0] // groups, weight.shape[1]
         if og > 1:  # the output channels of one conv group form one ZIG
-            ctx.atoms.unify(out_atoms, np.repeat(out_atoms[::og], og), "conv group")
+            ctx.atoms.unify_in_blocks(out_atoms, og, "conv group")
         if in_lab is None or not ctx.all_tracked(in_lab.atoms):
             reason = f"the grouped convolution {ctx.describe(node)} reads channels fxprune cannot track"
             ctx.atoms.block(out_atoms, reason)
             if in_lab is not None:
                 ctx.atoms.block(in_lab.atoms, reason)
-        else:  # (depthwise: channel c in, channel c out; the run itself keeps the union run-by-run)
-            group_atoms = out_atoms if og == 1 and ig == 1 else np.repeat(out_atoms[::og], ig)
+        else:
+            # As many channels in as out per group (depthwise, RegNet's group convs): input channel c
+            # joins output channel c, and through it its whole group (the output is united in
+            # blocks above), which is an edge between two whole runs.
+            group_atoms = out_atoms if ig == og else np.repeat(out_atoms[::og], ig)
             ctx.atoms.unify(in_lab.atoms, group_atoms, "conv group")
     return _out_labels(ctx, node, x, out_shape, channel_dim, DimLabel.fresh(out_atoms), b is not None)
 
