@@ -100,7 +100,7 @@ def _union_runs(parent: np.ndarray, identity: np.ndarray, edges: list[tuple[np.n
         for start, k, edge in blocked:
             top, size = root(start), edge[0].size
             if block_of.setdefault(top, k) != k or size % k:
-                rest.append(edge)  # a second block size on one class: the general loop
+                rest.append(edge)  # (a second block size on one class, or blocks that do not tile the run)
                 continue
             parent[top:top + size] = identity[top:top + size:k].repeat(k)
         parent[:] = parent[parent]  # runs tied to a representative: one level deep again
