@@ -306,24 +306,6 @@ class AnalysisContext:
             pd.role = role  # a producer use anywhere makes the slice part of x_g
         return pd.atoms
 
-    def adopting_param_atoms(self, names_and_roles: list[tuple[str, str]], dim: int, like: np.ndarray) -> list[np.ndarray]:
-        """``param_atoms(name, dim, role, like=like)`` for each ``(name, role)``: a norm's scale, shift
-        and statistics, which all adopt the channels they normalise (the test for that runs once)."""
-        table = self.atoms
-        adoptable = like.ndim == 1 and not self._tied and table.all_tracked(like)
-        size = like.shape[0] if adoptable else -1
-        out = []
-        for name, role in names_and_roles:
-            tensor = self._named_tensors.get(name)
-            is_buffer = name in self._buffer_names
-            key = (name, dim)
-            if tensor is None or tensor.shape[dim] != size or key in table.param_dims:
-                out.append(self.param_atoms(name, dim, role, like=like))  # (the general case)
-            else:
-                table.param_dims[key] = ParamDim(name, dim, like, BUFFER if is_buffer else role, is_buffer)
-                out.append(like)
-        return out
-
     def all_tracked(self, atoms: np.ndarray) -> bool:
         """No untracked (-1) atom in ``atoms`` (see ``AtomTable.all_tracked``)."""
         return self.atoms.all_tracked(atoms)

@@ -45,7 +45,8 @@ def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> list[str]
             ctx.block_if_shared(prefix + pname, 0, node)
         return [pname for pname, _ in present]
     channels = lab.atoms
-    for atoms in ctx.adopting_param_atoms([(prefix + pname, role) for pname, role in present], 0, channels):
+    for pname, role in present:
+        atoms = ctx.param_atoms(prefix + pname, 0, role, like=channels)
         if atoms is not channels:  # (a tensor seen before, or one that could not adopt these atoms)
             ctx.atoms.unify(channels, atoms, ctx.describe(node))
     return [pname for pname, _ in present]
