@@ -85,12 +85,7 @@ class DimLabel(_Immutable):
     @staticmethod
     def fresh(atoms: np.ndarray) -> "DimLabel":
         """``atoms`` with every channel zero when zeroed (a layer's own output channels)."""
-        label = object.__new__(DimLabel)
-        atoms = _frozen(atoms)
-        _set(label, "atoms", atoms)
-        _set(label, "nonzero", zeros(atoms.shape[0]))  # (already read-only: no need to freeze it)
-        _set(label, "_all_zero", True)
-        return label
+        return DimLabel(atoms, zeros(len(atoms)))
 
     def all_zero(self) -> bool:
         """Every channel here is exactly zero once its ZIG is zeroed."""
