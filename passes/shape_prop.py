@@ -18,11 +18,11 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
-from torch.nn.modules import module as _global_hooks
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 from fxprune.errors import InputError, TraceError, first_line
+from fxprune.rules.registry import has_forward_hooks
 
 from . import fast_shapes
 from .channel_analysis import fetch_attr
@@ -205,8 +205,7 @@ class _RecordingInterpreter:
 
     def call_module(self, target, args, kwargs):
         module = self._module(target)
-        if not (module._forward_hooks or module._forward_pre_hooks or _global_hooks._global_forward_hooks
-                or _global_hooks._global_forward_pre_hooks):  # (a hook may change the output: run the module)
+        if not has_forward_hooks(module):  # (a hook may change the output: then run the module)
             shortcut = fast_shapes.module_output(module, args, kwargs)
             if shortcut is not None:
                 return shortcut

@@ -100,14 +100,19 @@ def hidden_behaviour(module: nn.Module) -> str | None:
     ``spectral_norm``) is computed from other parameters on every access.  FX does not see
     either, so such a module gets no rule: it is a barrier.
     """
-    if module._forward_hooks or module._forward_pre_hooks or _global_hooks._global_forward_hooks \
-            or _global_hooks._global_forward_pre_hooks:
+    if has_forward_hooks(module):
         return "has forward hooks, which fxprune cannot see into"
     # parametrize.is_parametrized(module) reads the attribute through nn.Module.__getattr__, which
     # builds an AttributeError for every module without it: look in the registered children instead.
     if isinstance(module._modules.get("parametrizations"), nn.ModuleDict):
         return "has parametrized tensors (computed from other parameters on every access)"
     return None
+
+
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Forward hooks or pre-hooks would run around a call of ``module`` (its own or global ones)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or _global_hooks._global_forward_hooks
+                or _global_hooks._global_forward_pre_hooks)
 
 
 def register_module_rule(module_class: type, analyze, rewrite=None) -> None:
