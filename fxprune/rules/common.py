@@ -93,17 +93,24 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
     nd = len(out_shape)
     code = ctx.code(node)
     tensors = [o for o in operands if isinstance(o, TensorLabels)]
-    scalars = [o for o in operands if not isinstance(o, TensorLabels)]
-    scalars_zero = all(_is_zero_scalar(o) for o in scalars)
-    n_scalars = len(scalars)
-    if mode == MUL and any(_is_non_finite_scalar(o) for o in scalars):
-        mode = CONST  # 0·inf and 0·nan are nan
+    if len(tensors) == len(operands):  # (the common case: no Python numbers among the operands)
+        scalars_zero, n_scalars = True, 0
+    else:
+        scalars = [o for o in operands if not isinstance(o, TensorLabels)]
+        scalars_zero = all(_is_zero_scalar(o) for o in scalars)
+        n_scalars = len(scalars)
+        if mode == MUL and any(_is_non_finite_scalar(o) for o in scalars):
+            mode = CONST  # 0·inf and 0·nan are nan
     if mode == DIV and (not isinstance(operands[0], TensorLabels)
                         or (len(operands) > 1 and (_is_zero_scalar(operands[1]) or _is_non_finite_scalar(operands[1])))):
         mode = CONST  # c / 0 is ±inf or nan; 0 / 0 and 0 / nan are nan
-    dims: list[DimLabel | None] = []
     aligned = [(t, nd - len(t.shape)) for t in tensors]  # each operand with its offset from the right
-    for d in range(nd):
+    # Only an output dim where some operand carries a label at full size can carry channels: the
+    # others are untracked whatever the rest of the operands hold (most dims: batch, spatial).
+    carried = sorted({k + offset for t, offset in aligned for k, lab in enumerate(t.dims)
+                      if lab is not None and 0 <= k + offset < nd and t.shape[k] == out_shape[k + offset]})
+    dims: list[DimLabel | None] = [None] * nd
+    for d in carried:
         size = out_shape[d]
         present: list[DimLabel] = []
         untracked_present = False
@@ -121,9 +128,6 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
             else:
                 present.append(lab)
                 numerator_present = numerator_present or t is operands[0]
-        if not present:
-            dims.append(None)
-            continue
         if untracked_present:
             for lab in present:
                 ctx.atoms.block(
@@ -141,7 +145,7 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
             nonzero = np.full(size, code, dtype=np.int64)
         else:
             nonzero = combine_nonzero(mode, code, present, n_broadcast, scalars_zero and len(present) == len(tensors))
-        dims.append(DimLabel(base_atoms, nonzero))
+        dims[d] = DimLabel(base_atoms, nonzero)
     return TensorLabels(out_shape, tuple(dims))
 
 
