@@ -95,25 +95,26 @@ def _elementwise(args, kwargs, in_place: bool = False) -> torch.Tensor | None:
 
 
 def _conv_output(m: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor | None:
-    spatial = len(m.kernel_size)
+    kernel_size = m.kernel_size
+    spatial = len(kernel_size)
     weight = m._parameters.get("weight")  # (not m.weight: nn.Module.__getattr__ is slow)
-    if weight is None or x.ndim != spatial + 2 or x.dtype != weight.dtype or not x.is_floating_point():
+    shape = x.shape  # (each ``.shape`` read builds a new torch.Size)
+    if weight is None or len(shape) != spatial + 2 or x.dtype != weight.dtype or not x.is_floating_point():
         return None  # unbatched input, mixed dtypes or a parametrized weight: let the kernel decide
-    if x.shape[1] != weight.shape[1] * m.groups or m.padding_mode != "zeros":
+    if shape[1] != weight.shape[1] * m.groups or m.padding_mode != "zeros":
         return None  # (reflect/circular padding have size limits of their own)
-    if isinstance(m.padding, str):
-        if m.padding == "same":
-            return _empty((x.shape[0], m.out_channels, *x.shape[2:]), x.dtype)
+    padding = m.padding
+    if isinstance(padding, str):
+        if padding == "same":
+            return _empty((shape[0], m.out_channels, *shape[2:]), x.dtype)
         padding = (0,) * spatial
-    else:
-        padding = m.padding
-    out = []
-    for size, k, s, p, d in zip(x.shape[2:], m.kernel_size, m.stride, padding, m.dilation):
+    out = [shape[0], m.out_channels]
+    for size, k, s, p, d in zip(shape[2:], kernel_size, m.stride, padding, m.dilation):
         o = (size + 2 * p - d * (k - 1) - 1) // s + 1
         if o <= 0:
             return None
         out.append(o)
-    return _empty((x.shape[0], m.out_channels, *out), x.dtype)
+    return _empty(out, x.dtype)
 
 
 def _linear_output(m: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
