@@ -209,40 +209,45 @@ class AnalysisContext:
         one walk of the module tree (or the one the caller already made)."""
         modules = modules if modules is not None else walk_modules(self.gm)
         self._modules = dict(modules)  # (qualified names are unique; a shared module is under each of its names)
-        params, buffers = [], []
-        add_param, add_buffer = params.append, buffers.append
+        # straight into dicts: no (name, tensor) pairs, which would be as many objects for the GC to track
+        params: dict[str, torch.Tensor] = {}
+        buffers: dict[str, torch.Tensor] = {}
         for prefix, mod in modules:  # named_parameters' order
             if not (mod._parameters or mod._buffers):
                 continue  # (containers: most modules of a deep model)
             dot = prefix + "." if prefix else ""
-            for tensors, add in ((mod._parameters, add_param), (mod._buffers, add_buffer)):
+            for tensors, out in ((mod._parameters, params), (mod._buffers, buffers)):
                 for k, t in tensors.items():
                     if t is not None:
-                        add((dot + k, t))
-        self._named_tensors = dict(params)
-        self._named_tensors.update(buffers)
-        self._param_ids = {id(p) for _, p in params}
-        self._buffer_names = {n for n, t in buffers if id(t) not in self._param_ids}
-        tensor_ids = [id(t) for t in self._named_tensors.values()]
+                        out[dot + k] = t
+        self._params_by_name, self._buffers_by_name = params, buffers
+        self._named_tensors = {**params, **buffers}
+        self._param_ids = {id(p) for p in params.values()}
+        self._buffer_names = {n for n, t in buffers.items() if id(t) not in self._param_ids}
         self._tied: set[int] = set()
         # with ties, every name resolved up front: param_atoms asks once per parameter dimension
         self._canonical_by_name: dict[str, str] = {}
-        self._registered = params + buffers
         self._canonical: dict[int, str] | None = None  # built on first need: most models tie nothing
+        tensor_ids = [id(t) for t in self._named_tensors.values()]
         if len(set(tensor_ids)) == len(tensor_ids):  # the common case: no tensor under two names
             return
         canonical = self._first_names()
-        self._canonical_by_name = {n: canonical[id(t)] for n, t in self._registered}
+        self._canonical_by_name = {n: canonical[id(t)] for n, t in self._registered()}
         names_per_tensor: dict[int, int] = {}
         for t_id in tensor_ids:
             names_per_tensor[t_id] = names_per_tensor.get(t_id, 0) + 1
         self._tied = {t_id for t_id, count in names_per_tensor.items() if count > 1}
 
+    def _registered(self):
+        """Every (name, tensor): parameters in ``named_parameters`` order, then buffers."""
+        yield from self._params_by_name.items()
+        yield from self._buffers_by_name.items()
+
     def _first_names(self) -> dict[int, str]:
         """Tensor id -> its first registered name (``named_parameters`` order, then buffers)."""
         if self._canonical is None:
             self._canonical = {}
-            for n, t in self._registered:
+            for n, t in self._registered():
                 self._canonical.setdefault(id(t), n)
         return self._canonical
 
