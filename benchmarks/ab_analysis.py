@@ -4,7 +4,7 @@
     python benchmarks/ab_analysis.py /tmp/fxprune-base --models mobilenet_v3_small,regnet_x_400mf
 
 Loads the package from the base tree and from this tree side by side, then for each model
-calls ``fxprune.trace`` on the two in turn ``--repeats`` times, so that machine load falls
+calls ``fxprune.trace`` on the two in turn (alternating which goes first) ``--repeats`` times, so that machine load falls
 on both alike, and prints the best and median analysis time (everything after FX tracing)
 of each.  Worth using for changes of a few percent, which separate runs of
 ``bench_zoo.py`` cannot resolve on a shared machine.
@@ -47,9 +47,10 @@ def main(argv=None):
     for name in args.models.split(","):
         model, x = base_zoo.build(name), base_zoo.example_input(name, False)
         old, new = [], []
-        for _ in range(args.repeats):
-            old.append(analysis_seconds(base.trace(model, x)))
-            new.append(analysis_seconds(head.trace(model, x)))
+        for i in range(args.repeats):
+            runs = ((base, old), (head, new)) if i % 2 == 0 else ((head, new), (base, old))  # neither always goes first
+            for package, times in runs:
+                times.append(analysis_seconds(package.trace(model, x)))
         a, b = min(old) * 1e3, min(new) * 1e3
         ma, mb = statistics.median(old) * 1e3, statistics.median(new) * 1e3
         print(f"{name:22s} best {a:6.2f} -> {b:6.2f} ms ({100 * (b / a - 1):+.1f}%)   "

@@ -46,30 +46,35 @@ class AtomTable:
     blocks: list[tuple[np.ndarray, str]] = field(default_factory=list)
     param_dims: dict[tuple[str, int], ParamDim] = field(default_factory=dict)
 
-    # the arrays ``new`` made, by id: (the array, its first atom); each is a whole run of fresh atoms
-    ranges: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
+    # the arrays ``new`` made, by id: their first atom; each is a whole run of fresh atoms.  ``_fresh``
+    # holds the arrays, so no other object can take one of these ids while the table lives.
+    ranges: dict[int, int] = field(default_factory=dict)
     # arrays ``unify_in_blocks`` made, by id: (the array, its block size k)
     block_heads: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
+    _fresh: list[np.ndarray] = field(default_factory=list)
     _tracked: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)
 
     def new(self, k: int) -> np.ndarray:
         # a view of one shared read-only arange: atom arrays are shared and their properties cached,
         # never edited in place (and a view costs a fraction of a new arange)
         atoms = _counting(self.count + k)[self.count:self.count + k]
-        self.ranges[id(atoms)] = (atoms, self.count)
-        self._tracked[id(atoms)] = (atoms, True)
+        self._fresh.append(atoms)
+        self.ranges[id(atoms)] = self.count
         self.count += k
         return atoms
 
     def all_tracked(self, atoms: np.ndarray) -> bool:
-        """No untracked (-1) atom in ``atoms``; cached per array (fresh ones are known to be tracked),
+        """No untracked (-1) atom in ``atoms``; known for fresh runs, cached per read-only array,
         as a norm's four tensors and every unify ask about the same few arrays."""
-        cached = self._tracked.get(id(atoms))
+        key = id(atoms)
+        if key in self.ranges:
+            return True
+        cached = self._tracked.get(key)
         if cached is not None and cached[0] is atoms:
             return cached[1]
         tracked = atoms.size == 0 or bool(atoms.min() >= 0)
         if not atoms.flags.writeable:  # (only arrays nobody can edit; the entry holds the array, so its id stays unique)
-            self._tracked[id(atoms)] = (atoms, tracked)
+            self._tracked[key] = (atoms, tracked)
         return tracked
 
     def unify_in_blocks(self, atoms: np.ndarray, k: int, reason: str) -> None:
@@ -126,7 +131,7 @@ _COUNTING = np.zeros(0, dtype=np.int64)
 class AnalysisContext:
     """What a rule sees: the node's inputs as labels, shapes, and the atom table."""
 
-    def __init__(self, gm: fx.GraphModule, modules: list[tuple[str, nn.Module]] | None = None):
+    def __init__(self, gm: fx.GraphModule, modules: dict[str, nn.Module] | None = None):
         self.gm = gm
         self.atoms = AtomTable()
         self.env: dict[fx.Node, Any] = {}
@@ -204,7 +209,7 @@ class AnalysisContext:
         return call_arg(node, index, name, default)
 
     # -- parameters --------------------------------------------------------
-    def _index_tensors(self, modules: list[tuple[str, nn.Module]] | None) -> None:
+    def _index_tensors(self, modules: dict[str, nn.Module] | None) -> None:
         """Modules by name, name -> tensor, tensor -> first name, and which are parameters or tied:
         one walk of the module tree (or the one the caller already made)."""
         modules = modules if modules is not None else walk_modules(self.gm)
@@ -212,7 +217,7 @@ class AnalysisContext:
         # straight into dicts: no (name, tensor) pairs, which would be as many objects for the GC to track
         params: dict[str, torch.Tensor] = {}
         buffers: dict[str, torch.Tensor] = {}
-        for prefix, mod in modules:  # named_parameters' order
+        for prefix, mod in modules.items():  # named_parameters' order
             if not (mod._parameters or mod._buffers):
                 continue  # (containers: most modules of a deep model)
             dot = prefix + "." if prefix else ""
@@ -463,7 +468,7 @@ def _changes_zeros(before: Any, after: TensorLabels) -> bool:
     return False
 
 
-def analyze_channels(gm: fx.GraphModule, modules: list[tuple[str, nn.Module]] | None = None) -> AtomTable:
+def analyze_channels(gm: fx.GraphModule, modules: dict[str, nn.Module] | None = None) -> AtomTable:
     """Run every node's rule in topological order; return the atom table.
 
     ``modules``: ``walk_modules(gm)``, when the caller has it already.

@@ -2,21 +2,24 @@
 
 ``nn.Module.named_modules`` nests one generator per level, so every module it yields
 passes through a frame per ancestor; the analysis passes walk the tree of every traced
-model, and an explicit stack makes that walk linear in the number of modules.
+model, and an explicit stack makes that walk linear in the number of modules.  The
+result is a dict (qualified names are unique): no (name, module) pair per module for
+the garbage collector to track.
 """
 from __future__ import annotations
 
 from torch import nn
 
 
-def walk_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(qualified name, module)`` for ``root`` and every submodule, pre-order, duplicates kept."""
-    out: list[tuple[str, nn.Module]] = []
+def walk_modules(root: nn.Module) -> dict[str, nn.Module]:
+    """Qualified name -> module for ``root`` and every submodule, pre-order; a module shared
+    between parents is listed under each of its names."""
+    out: dict[str, nn.Module] = {}
     stack = [("", root)]
-    pop, append = stack.pop, out.append
+    pop = stack.pop
     while stack:
         prefix, module = pop()
-        append((prefix, module))
+        out[prefix] = module
         children = module._modules
         if children:  # (most modules are leaves: nothing to build for them)
             dot = prefix + "." if prefix else ""

@@ -150,7 +150,7 @@ class _RecordingInterpreter:
     progress bar, a ``named_modules`` walk up front) costs as much as the shapes themselves.
     """
 
-    def __init__(self, gm: fx.GraphModule, modules: list[tuple[str, torch.nn.Module]] | None = None):
+    def __init__(self, gm: fx.GraphModule, modules: dict[str, torch.nn.Module] | None = None):
         self.gm = gm
         self._modules: dict[str, torch.nn.Module] = dict(modules) if modules is not None else {}
         self._twins: dict[str, torch.nn.Module] = {}
@@ -197,7 +197,7 @@ class _RecordingInterpreter:
 
     def _module(self, target: str) -> torch.nn.Module:
         if not self._modules:
-            self._modules = dict(walk_modules(self.gm))  # every qualified name, a shared module under each of its names
+            self._modules = walk_modules(self.gm)  # every qualified name, a shared module under each of its names
         module = self._modules.get(target)
         if module is None:
             module = self._modules[target] = self.gm.get_submodule(target)
@@ -261,7 +261,7 @@ def _propagate_meta(gm: fx.GraphModule, example_inputs: tuple[Any, ...], modules
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...],
-                     modules: list[tuple[str, torch.nn.Module]] | None = None) -> None:
+                     modules: dict[str, torch.nn.Module] | None = None) -> None:
     """Annotate every node of ``gm`` with a shape-only value (``node.meta['val']``).
 
     ``modules``: ``walk_modules(gm)``, when the caller has it already.

@@ -20,11 +20,12 @@ from .channel_analysis import AtomTable
 
 
 def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]],
-                         ranges: dict[int, tuple[np.ndarray, int]] | None = None,
+                         ranges: dict[int, int] | None = None,
                          block_heads: dict[int, tuple[np.ndarray, int]] | None = None) -> np.ndarray:
     """Component id (0..k-1, in order of each component's smallest atom) of each of ``n`` atoms.
 
-    ``ranges``: arrays known to be runs of consecutive atoms (``AtomTable.ranges``).  An edge
+    ``ranges``: ids of arrays known to be runs of consecutive atoms, with their first atom
+    (``AtomTable.ranges``; the arrays must stay alive, so an id names one array).  An edge
     between two of them (a residual add of two layers' outputs) joins them index by index,
     and an edge from a run to its ``block_heads`` array (``AtomTable.unify_in_blocks``) joins
     its blocks: those are unioned in closed form first, the rest by vectorised min-label
@@ -54,7 +55,7 @@ def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]],
 
 
 def _union_runs(parent: np.ndarray, identity: np.ndarray, edges: list[tuple[np.ndarray, np.ndarray]],
-                ranges: dict[int, tuple[np.ndarray, int]],
+                ranges: dict[int, int],
                 block_heads: dict[int, tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Union the edges between two whole runs of atoms (``ranges``) run by run, and those that join a
     run's consecutive blocks (``block_heads``) block by block; returns the other edges.
@@ -75,20 +76,20 @@ def _union_runs(parent: np.ndarray, identity: np.ndarray, edges: list[tuple[np.n
 
     rest = []
     for a, b in edges:
-        ra = ranges.get(id(a))
-        if ra is None or ra[0] is not a:
+        start_a = ranges.get(id(a))
+        if start_a is None:
             rest.append((a, b))
             continue
         heads = block_heads.get(id(b))
         if heads is not None and heads[0] is b:
-            blocked.append((ra[1], heads[1], (a, b)))
+            blocked.append((start_a, heads[1], (a, b)))
             continue
-        rb = ranges.get(id(b))
-        if rb is None or rb[0] is not b or a.size != b.size:
+        start_b = ranges.get(id(b))
+        if start_b is None or a.size != b.size:
             rest.append((a, b))
             continue
-        x, y = root(ra[1]), root(rb[1])
-        length[ra[1]] = length[rb[1]] = a.size
+        x, y = root(start_a), root(start_b)
+        length[start_a] = length[start_b] = a.size
         if x != y:
             rep[max(x, y)] = min(x, y)
     for start, size in length.items():

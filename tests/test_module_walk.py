@@ -8,7 +8,7 @@ from passes.module_walk import walk_modules
 
 def _same_as_named_modules(root: nn.Module) -> None:
     expected = [(name, id(m)) for name, m in root.named_modules(remove_duplicate=False)]
-    assert [(name, id(m)) for name, m in walk_modules(root)] == expected
+    assert [(name, id(m)) for name, m in walk_modules(root).items()] == expected
 
 
 def test_matches_named_modules_on_a_deep_zoo_model():
@@ -23,5 +23,5 @@ def test_shared_and_missing_children_are_listed_like_named_modules():
     root.c = None  # a registered empty slot
     root.d = nn.ModuleDict({"x": nn.Sequential(nn.Identity()), "y": shared})
     _same_as_named_modules(root)
-    names = [name for name, _ in walk_modules(root)]
+    names = list(walk_modules(root))
     assert names.count("b") == 1 and "a.0" in names and "d.y" in names and "c" not in names
