@@ -108,6 +108,9 @@ def _union_runs(parent: np.ndarray, identity: np.ndarray, edges: list[tuple[np.n
     return rest
 
 
+_make_tuple = tuple.__new__
+
+
 class ParamSlice(NamedTuple):
     """The indices ``indices`` along ``dim`` of parameter/buffer ``name`` that one group couples."""
 
@@ -201,7 +204,10 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     zig_all = prunable_id[dims.comp_all]
     any_prunable = (dims.segment_max(zig_all) >= 0).tolist()
     zig_of = torch.from_numpy(zig_all).split(dims.sizes.tolist())  # one view per distinct array
-    maps = [SliceMap(pd.name, pd.dim, zig_of[j], pd.role) for pd, j in zip(dims.dims, dims.array_of) if any_prunable[j]]
+    # (tuple.__new__ with the fields as one tuple, as NamedTuple._make does: the class's own __new__
+    # is a Python function, and a model has a SliceMap per parameter dimension)
+    maps = [_make_tuple(SliceMap, (pd.name, pd.dim, zig_of[j], pd.role))
+            for pd, j in zip(dims.dims, dims.array_of) if any_prunable[j]]
     layout = ZigLayout(n_prunable, tuple(maps), torch.from_numpy(zig_group))
     return ZigIndex(comp, n_comp, prunable, reason_id, tuple(reason_texts), prunable_id, tuple(groups), layout)
 
@@ -216,15 +222,10 @@ class _DimArrays:
 
     def __init__(self, table: AtomTable, comp: np.ndarray):
         self.dims = list(table.param_dims.values())
-        index: dict[int, int] = {}
-        arrays: list[np.ndarray] = []
-        self.array_of: list[int] = []  # per dim: its distinct array
-        for pd in self.dims:
-            j = index.get(id(pd.atoms))
-            if j is None:
-                j = index[id(pd.atoms)] = len(arrays)
-                arrays.append(pd.atoms)
-            self.array_of.append(j)
+        by_id = {id(pd.atoms): pd.atoms for pd in self.dims}  # (in order of first use: a repeat keeps its place)
+        arrays = list(by_id.values())
+        index = {key: j for j, key in enumerate(by_id)}
+        self.array_of: list[int] = [index[id(pd.atoms)] for pd in self.dims]  # per dim: its distinct array
         self.num_arrays = len(arrays)
         sizes = np.array([a.size for a in arrays], dtype=np.int64)
         self.ends = np.cumsum(sizes).tolist()
@@ -275,8 +276,7 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     orphan = ~has_dim
     if orphan.any():
         signature[orphan] = _random_keys(1, stream=2)[0]
-    _, first, group_of = np.unique(signature, return_index=True, return_inverse=True)
-    group_of = group_of.ravel()
+    first, group_of = _first_and_inverse(signature)
     order = np.argsort(first, kind="stable")  # number groups in order of their first component
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
@@ -294,12 +294,28 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     # one slice per (group, parameter dim), in parameter-dim creation (graph) order
     group_all = group_of[dims.comp_all]
     low, high = dims.segment_min(group_all), dims.segment_max(group_all)
-    pieces = [_split_by_group(group_all[dims.starts[j]:dims.ends[j]], lo, hi)
-              for j, (lo, hi) in enumerate(zip(low.tolist(), high.tolist()))]
+    # (most arrays lie in one group whole: their one piece is every position)
+    pieces = [[(lo, _positions(end - start))] if lo == hi and end > start else _split_by_group(group_all[start:end], lo, hi)
+              for start, end, lo, hi in zip(dims.starts, dims.ends, low.tolist(), high.tolist())]
     members = _GroupMembers(dims, pieces, by_group, starts, ends, (group_all, n_groups, low, high))
     first_reason = reason_id[by_group[starts]].tolist() if n_groups else []  # a group's components share a reason
     groups = [Group(g, r < 0, reason_texts[r] if r >= 0 else None, members) for g, r in enumerate(first_reason)]
     return groups, group_of
+
+
+def _first_and_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per distinct value (ascending): the index of its first occurrence; per element: its value's
+    rank.  ``np.unique(values, return_index=True, return_inverse=True)[1:]``, without its checks."""
+    if not values.size:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order = np.argsort(values, kind="stable")  # (stable: a value's first occurrence leads its run)
+    ordered = values[order]
+    starts = np.empty(values.size, dtype=bool)
+    starts[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    inverse = np.empty(values.size, dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return order[starts], inverse
 
 
 def _random_keys(n: int, stream: int) -> np.ndarray:
