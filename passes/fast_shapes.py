@@ -146,31 +146,36 @@ def _fits_norm(module: nn.Module, x: torch.Tensor) -> bool:
     return True
 
 
+def _norm_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    batched, unbatched = _NORM_RANKS[type(module)]
+    if x.ndim not in batched and x.ndim != unbatched:
+        return None
+    channel_dim = 0 if x.ndim == unbatched else 1
+    return _like(x) if x.shape[channel_dim] == module.num_features and x.is_floating_point() else None
+
+
+def _shape_preserving_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    return _like(x) if x.ndim >= 2 and _fits_norm(module, x) else None
+
+
+# Exact class -> closed form of ``module(x)``: one dict lookup per call instead of a chain of tests.
+_MODULE_OUTPUTS: dict[type, Callable[[Any, torch.Tensor], torch.Tensor | None]] = {
+    **{cls: _norm_output for cls in _NORM_RANKS},
+    **{cls: _shape_preserving_output for cls in _SHAPE_PRESERVING_MODULES},
+    nn.Conv1d: _conv_output, nn.Conv2d: _conv_output, nn.Conv3d: _conv_output,
+    nn.Linear: _linear_output,
+    nn.AdaptiveAvgPool2d: lambda m, x: _adaptive_avg_output(m.output_size, x, 2),
+    nn.AdaptiveAvgPool1d: lambda m, x: _adaptive_avg_output(m.output_size, x, 1),
+    nn.Flatten: lambda m, x: _flatten_output((x, m.start_dim, m.end_dim), {}),
+}
+
+
 def module_output(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The meta output of ``module(*args, **kwargs)`` when a formula covers it, else None."""
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
         return None
-    x = args[0]
-    cls = type(module)
-    if cls in _NORM_RANKS:
-        batched, unbatched = _NORM_RANKS[cls]
-        if x.ndim not in batched and x.ndim != unbatched:
-            return None
-        channel_dim = 0 if x.ndim == unbatched else 1
-        return _like(x) if x.shape[channel_dim] == module.num_features and x.is_floating_point() else None
-    if cls in _SHAPE_PRESERVING_MODULES:
-        return _like(x) if x.ndim >= 2 and _fits_norm(module, x) else None
-    if cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-        return _conv_output(module, x)
-    if cls is nn.Linear:
-        return _linear_output(module, x)
-    if cls is nn.AdaptiveAvgPool2d:
-        return _adaptive_avg_output(module.output_size, x, 2)
-    if cls is nn.AdaptiveAvgPool1d:
-        return _adaptive_avg_output(module.output_size, x, 1)
-    if cls is nn.Flatten:
-        return _flatten_output((x, module.start_dim, module.end_dim), {})
-    return pool_module_output(module, x)
+    output = _MODULE_OUTPUTS.get(type(module))
+    return output(module, args[0]) if output is not None else pool_module_output(module, args[0])
 
 
 def _cat_output(args, kwargs) -> torch.Tensor | None:

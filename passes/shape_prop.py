@@ -142,6 +142,9 @@ def _meta_module(module: torch.nn.Module) -> torch.nn.Module:
     return twin
 
 
+_Node = fx.Node  # (one global lookup per node instead of two)
+
+
 class _RecordingInterpreter:
     """Runs the user's graph with meta twins of its modules and attributes; records node values.
 
@@ -169,7 +172,7 @@ class _RecordingInterpreter:
                 return
             else:
                 args = node.args
-                if len(args) == 1 and type(args[0]) is fx.Node and not node.kwargs:  # most calls: one tensor in
+                if len(args) == 1 and type(args[0]) is _Node and not node.kwargs:  # most calls: one tensor in
                     args, kwargs = (env[args[0]],), {}
                 else:
                     args, kwargs = fx.node.map_arg((args, node.kwargs), env.__getitem__)
