@@ -136,7 +136,7 @@ class AnalysisContext:
         self.atoms = AtomTable()
         self.env: dict[fx.Node, Any] = {}
         self.codes: dict[fx.Node, int] = {n: i + 1 for i, n in enumerate(gm.graph.nodes)}
-        self.nodes_by_code = {c: n for n, c in self.codes.items()}
+        self._nodes_by_code: dict[int, fx.Node] | None = None  # (error messages only: built on first need)
         self._uses: dict[str, int] | None = None
         self._descriptions: dict[fx.Node, str] = {}
         self._modules: dict[str, nn.Module] = {}
@@ -346,7 +346,9 @@ class AnalysisContext:
             self.atoms.block(atoms, reason)
 
     def nonzero_reason(self, code: int) -> str:
-        node = self.nodes_by_code.get(int(code))
+        if self._nodes_by_code is None:
+            self._nodes_by_code = {c: n for n, c in self.codes.items()}
+        node = self._nodes_by_code.get(int(code))
         return self.describe(node) if node is not None else "an op"
 
 

@@ -294,8 +294,8 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     # one slice per (group, parameter dim), in parameter-dim creation (graph) order
     group_all = group_of[dims.comp_all]
     low, high = dims.segment_min(group_all), dims.segment_max(group_all)
-    # (most arrays lie in one group whole: their one piece is every position)
-    pieces = [[(lo, _positions(end - start))] if lo == hi and end > start else _split_by_group(group_all[start:end], lo, hi)
+    # (most arrays lie in one group whole: None stands for their one piece, every position)
+    pieces = [None if lo == hi and end > start else _split_by_group(group_all[start:end], lo, hi)
               for start, end, lo, hi in zip(dims.starts, dims.ends, low.tolist(), high.tolist())]
     members = _GroupMembers(dims, pieces, by_group, starts, ends, (group_all, n_groups, low, high))
     first_reason = reason_id[by_group[starts]].tolist() if n_groups else []  # a group's components share a reason
@@ -339,11 +339,12 @@ class _GroupMembers:
     """Every group's components, ``ParamSlice`` tuple and name, each built for all groups at once when
     first asked for (a listing or an optimizer needs them; the analysis itself does not)."""
 
-    def __init__(self, dims: _DimArrays, pieces: list[list[tuple[int, np.ndarray]]], by_group: np.ndarray,
+    def __init__(self, dims: _DimArrays, pieces: list[list[tuple[int, np.ndarray]] | None], by_group: np.ndarray,
                  starts: list[int], ends: list[int], naming: tuple):
         self._dims, self._pieces = dims, pieces
         self._by_group, self._starts, self._ends = by_group, starts, ends
         self._naming = naming  # _group_names' arguments after ``dims``
+        self._low = naming[2]  # per distinct array: its smallest group (its only one where its piece is None)
         self._zigs: list[tuple[int, ...]] | None = None
         self._slices: list[tuple[ParamSlice, ...]] | None = None
         self._names: list[str] | None = None
@@ -365,8 +366,11 @@ class _GroupMembers:
     def slices_of(self, group: int) -> tuple[ParamSlice, ...]:
         if self._slices is None:
             slices: list[list[ParamSlice]] = [[] for _ in self._starts]
+            low = self._low.tolist()
+            sizes = self._dims.sizes.tolist()
             for pd, j in zip(self._dims.dims, self._dims.array_of):
-                for g, indices in self._pieces[j]:
+                pieces = self._pieces[j]
+                for g, indices in pieces if pieces is not None else [(low[j], _positions(sizes[j]))]:
                     slices[g].append(ParamSlice(pd.name, pd.dim, indices, pd.role))
             self._slices = [tuple(s) for s in slices]
         return self._slices[group]
