@@ -47,6 +47,15 @@ def zeros(size: int) -> np.ndarray:
 _ZEROS: dict[int, np.ndarray] = {}
 
 
+def filled(size: int, code: int) -> np.ndarray:
+    """A read-only int64 vector of ``size`` holding ``code`` (a node's nonzero code on every channel).
+    (``np.full`` is a Python wrapper around the same two steps.)"""
+    a = np.empty(size, dtype=np.int64)
+    a.fill(code)
+    a.flags.writeable = False
+    return a
+
+
 class _Immutable:
     """Slots set once in ``__init__``, then read-only.  (Labels are built for every node of every
     traced graph: a frozen dataclass's ``__init__`` costs several times more.)"""
@@ -99,7 +108,7 @@ class DimLabel(_Immutable):
         if isinstance(nonzero, (int, np.integer)):
             if nonzero == 0:
                 return self if self.all_zero() else DimLabel(self.atoms, zeros(self.size))
-            return DimLabel(self.atoms, np.full(self.atoms.shape, nonzero, dtype=np.int64))
+            return DimLabel(self.atoms, filled(self.size, nonzero))
         return DimLabel(self.atoms, np.broadcast_to(np.asarray(nonzero, dtype=np.int64), self.atoms.shape))
 
     def take(self, index: np.ndarray) -> "DimLabel":

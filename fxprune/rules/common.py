@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from fxprune.labels import DimLabel, TensorLabels, zeros
+from fxprune.labels import DimLabel, TensorLabels, filled, zeros
 
 # How an elementwise op maps "zero channel" inputs to its output channel.
 KEEP = "keep"  # unary f with f(0) = 0 (ReLU, GELU, dropout, casts...)
@@ -54,7 +54,7 @@ def combine_nonzero(mode: str, code: int, present: Sequence[DimLabel], n_other: 
     if mode == KEEP:
         return present[0].nonzero
     if mode == CONST:
-        return np.full(size, code, dtype=np.int64)
+        return filled(size, code)
     if mode == MUL and any(lab.all_zero() for lab in present):
         return zeros(size)  # a product with an operand whose channels are all zero when zeroed (gating)
     if mode == ADD and all(lab.all_zero() for lab in present) and (not n_other or other_zero):
@@ -87,9 +87,8 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
             return operands[0]  # a unary op that keeps zeros (activations, dropout): the labels pass unchanged
         if mode == CONST:  # f(0) != 0 (sigmoid...): every channel becomes a constant this node makes
             code = ctx.code(node)
-            return TensorLabels(out_shape, tuple(None if lab is None else
-                                                 DimLabel(lab.atoms, np.full(lab.size, code, dtype=np.int64))
-                                                 for lab in operands[0].dims))
+            return TensorLabels(out_shape, tuple([None if lab is None else DimLabel(lab.atoms, filled(lab.size, code))
+                                                  for lab in operands[0].dims]))
     nd = len(out_shape)
     code = ctx.code(node)
     tensors = [o for o in operands if isinstance(o, TensorLabels)]
@@ -142,7 +141,7 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
         # operands that broadcast along this dim contribute the same value to every channel:
         # zero only if they are literal zeros
         if mode == DIV and not numerator_present:  # a zeroed denominator channel under a broadcast numerator
-            nonzero = np.full(size, code, dtype=np.int64)
+            nonzero = filled(size, code)
         else:
             nonzero = combine_nonzero(mode, code, present, n_broadcast, scalars_zero and len(present) == len(tensors))
         dims[d] = DimLabel(base_atoms, nonzero)
