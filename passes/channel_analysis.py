@@ -316,26 +316,6 @@ class AnalysisContext:
             pd.role = role  # a producer use anywhere makes the slice part of x_g
         return pd.atoms
 
-    def param_atoms_like(self, names_roles: list[tuple[str, str | None]], dim: int, like: np.ndarray) -> list[np.ndarray]:
-        """``param_atoms(name, dim, role, like=like)`` for each ``(name, role)``, in order: a norm's
-        scale, shift and statistics all meet the same channels, so ``like`` is checked once."""
-        table = self.atoms
-        if self._tied or like.ndim != 1 or not table.all_tracked(like):
-            return [self.param_atoms(name, dim, role, like) for name, role in names_roles]
-        size = like.shape[0]
-        param_dims, named, buffer_names = table.param_dims, self._named_tensors, self._buffer_names
-        out = []
-        for name, role in names_roles:
-            tensor = named.get(name)
-            key = (name, dim)
-            if tensor is None or key in param_dims or tensor.shape[dim] != size:
-                out.append(self.param_atoms(name, dim, role, like))  # (the general path: seen before, or not adoptable)
-                continue
-            is_buffer = name in buffer_names
-            param_dims[key] = ParamDim(name, dim, like, BUFFER if is_buffer else role, is_buffer)
-            out.append(like)
-        return out
-
     def all_tracked(self, atoms: np.ndarray) -> bool:
         """No untracked (-1) atom in ``atoms`` (see ``AtomTable.all_tracked``)."""
         return self.atoms.all_tracked(atoms)

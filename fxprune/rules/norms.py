@@ -50,7 +50,8 @@ def _attach_channel_params(ctx, node, present: list[tuple[str, str]], x: TensorL
             ctx.block_if_shared(prefix + pname, 0, node)
         return
     channels = lab.atoms
-    for atoms in ctx.param_atoms_like([(prefix + pname, role) for pname, role in present], 0, channels):
+    for pname, role in present:
+        atoms = ctx.param_atoms(prefix + pname, 0, role, like=channels)
         if atoms is not channels:  # (a tensor seen before, or one that could not adopt these atoms)
             ctx.atoms.unify(channels, atoms, ctx.describe(node))
 
