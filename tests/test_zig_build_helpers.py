@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 import fxprune  # noqa: F401  (the package first: passes.zig_build is imported through it)
 from passes.channel_analysis import AtomTable
-from passes.zig_build import _distinct_by_array, connected_components
+from passes.zig_build import _distinct_by_array, _first_and_inverse, connected_components
 
 
 @settings(max_examples=200, deadline=None)
@@ -23,6 +23,17 @@ def test_distinct_by_array_is_the_set_of_keys(arrays):
 def test_strictly_increasing_keys_are_returned_as_they_are():
     keys = np.array([0, 3, 4, 12, 15], dtype=np.int64)
     assert _distinct_by_array(keys, keys // 10) is keys
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**63]), max_size=30))
+def test_first_and_inverse_match_np_unique(values):
+    """Group signatures (uint64, with repeats) are numbered as np.unique numbers them."""
+    values = np.asarray(values, dtype=np.uint64)
+    first, inverse = _first_and_inverse(values)
+    _, expected_first, expected_inverse = np.unique(values, return_index=True, return_inverse=True)
+    assert np.array_equal(first, expected_first)
+    assert np.array_equal(inverse, expected_inverse.ravel())
 
 
 def _reference_components(n, edges):
