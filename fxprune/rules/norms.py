@@ -35,25 +35,21 @@ def _attribute(m: nn.Module, name: str):
     return getattr(m, name, None)
 
 
-def _present_channel_tensors(m: nn.Module) -> list[tuple[str, str]]:
-    """(name, role) of the norm's per-channel tensors that exist (affine=False or
-    track_running_stats=False leave some out)."""
-    return [(pname, role) for pname, role in _CHANNEL_TENSORS if _attribute(m, pname) is not None]
-
-
-def _attach_channel_params(ctx, node, present: list[tuple[str, str]], x: TensorLabels, dim: int) -> None:
-    """Couple the norm's per-channel tensors ``present`` to the channels of ``x``'s ``dim``."""
+def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> list[str]:
+    """Couple the norm's per-channel tensors to the channels of ``x``'s ``dim``; returns their names."""
     lab = x.dims[dim]
+    present = [(pname, role) for pname, role in _CHANNEL_TENSORS if _attribute(m, pname) is not None]
     prefix = node.target + "."
     if lab is None:
         for pname, _ in present:
             ctx.block_if_shared(prefix + pname, 0, node)
-        return
+        return [pname for pname, _ in present]
     channels = lab.atoms
     for pname, role in present:
         atoms = ctx.param_atoms(prefix + pname, 0, role, like=channels)
         if atoms is not channels:  # (a tensor seen before, or one that could not adopt these atoms)
             ctx.atoms.unify(channels, atoms, ctx.describe(node))
+    return [pname for pname, _ in present]
 
 
 def _block_statistics_dims(ctx, node, x: TensorLabels, channel_dim: int) -> None:
@@ -69,21 +65,18 @@ _UNBATCHED_RANK = {nn.InstanceNorm1d: 2, nn.InstanceNorm2d: 3, nn.InstanceNorm3d
 def _per_channel_norm(ctx, node):
     m = ctx.module(node)
     x = ctx.labels(node.args[0])
-    if x is None or x.shape != ctx.out_shape(node):  # (an untracked input: the general path makes blank labels)
-        out = elementwise(ctx, node, [x], KEEP)
-    else:
-        out = x  # the channels pass through as they are (zeros follow below)
+    out = elementwise(ctx, node, [x], KEEP)
     dim = 0 if x is not None and x.ndim == _UNBATCHED_RANK.get(type(m), -1) else 1
     if x is None or x.ndim <= dim:
         return out
     _block_statistics_dims(ctx, node, x, dim)
-    present = _present_channel_tensors(m)
-    _attach_channel_params(ctx, node, present, x, dim)
-    names = [pname for pname, _ in present]
-    if "weight" in names and "bias" in names:  # scale and shift are zeroed with the channel: the output is exactly zero
+    present = _attach_channel_params(ctx, node, m, x, dim)
+    affine = "weight" in present and "bias" in present
+    uses_running_stats = getattr(m, "track_running_stats", False)
+    if affine:  # scale and shift are zeroed with the channel: the output is exactly zero
         if out.dims[dim] is not None and not out.dims[dim].all_zero():
             out = set_nonzero(out, [dim], 0)
-    elif getattr(m, "track_running_stats", False):  # (0 - running_mean) / std is a non-zero constant in eval mode
+    elif uses_running_stats:  # (0 - running_mean) / std is a non-zero constant in eval mode
         out = set_nonzero(out, [dim], ctx.code(node))
     return out
 
