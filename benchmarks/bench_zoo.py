@@ -5,11 +5,13 @@
     python benchmarks/bench_zoo.py --small         # the CI test's input sizes
 
 Prints two tabulate tables (coverage/compression, then speed).  The speed columns time,
-per model, the best of ``--repeats`` runs of: bare ``torch.fx.symbolic_trace``;
+per model, the best of ``--repeats`` runs (times ``--rounds``, see below) of: bare ``torch.fx.symbolic_trace``;
 fxprune's analysis (shape propagation + channel analysis + ZIG grouping: everything
 ``fxprune.trace`` does after FX tracing); the whole ``fxprune.trace``; construction;
 and Torch-Pruning 1.6.1's ``DependencyGraph().build_dependency`` in the same process
-(``pip install -e '.[bench]'``), with both of ours as ratios to it.
+(``pip install -e '.[bench]'``), with both of ours as ratios to it.  With ``--rounds R`` the
+traces and the Torch-Pruning calls are timed in R alternating blocks of ``--repeats`` calls
+each, so that a slow spell of a shared machine cannot fall on one side only.
 """
 from __future__ import annotations
 
@@ -51,14 +53,22 @@ def torch_pruning_time(model, x, repeats):
         return f"fails: {type(exc).__name__}"
 
 
-def run_model(name: str, small: bool, repeats: int, with_tp: bool):
+def run_model(name: str, small: bool, repeats: int, with_tp: bool, rounds: int = 1):
     model = zoo.build(name)
     x = zoo.example_input(name, small)
     t_fx, _ = best_of(repeats, lambda: torch.fx.symbolic_trace(model))
-    spaces = [fxprune.trace(model, x) for _ in range(repeats)]
-    t_trace = min(sp.timings["total"] for sp in spaces)
-    t_analysis = min(sp.timings["shapes"] + sp.timings["channels"] for sp in spaces)  # everything after FX tracing
-    space = spaces[-1]
+    # Each round: a block of our traces, then a block of Torch-Pruning calls (each side warm from its
+    # own previous call); the best over all rounds, so a slow spell of the machine in one block
+    # does not decide either side's time.
+    timings, tp_times = [], []
+    for _ in range(rounds):
+        for _ in range(repeats):
+            space = fxprune.trace(model, x)
+            timings.append(space.timings)
+        if with_tp:
+            tp_times.append(torch_pruning_time(model, x, repeats))
+    t_trace = min(t["total"] for t in timings)
+    t_analysis = min(t["shapes"] + t["channels"] for t in timings)  # everything after FX tracing
     coverage = zoo.prunable_weight_fraction(space, model)
     params0, flops0 = count_params(model), count_flops(model, x)
     space.zero_random_groups(0.5, seed=0)
@@ -68,7 +78,8 @@ def run_model(name: str, small: bool, repeats: int, with_tp: bool):
     with torch.no_grad():
         diff, scale = compare_outputs(y, small_model.eval()(x))
     params1, flops1 = count_params(small_model), count_flops(small_model, x)
-    tp_time = torch_pruning_time(model, x, repeats) if with_tp else None
+    measured = [t for t in tp_times if isinstance(t, float)]
+    tp_time = min(measured) if measured else (tp_times[0] if tp_times else None)  # (or why it fails)
     has_tp = isinstance(tp_time, float)
     row = dict(
         model=name, input=x.shape[-1], nodes=len(space.graph_module.graph.nodes), groups=len(space.groups),
@@ -91,7 +102,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="all", help="comma-separated torchvision names, or 'all'")
     parser.add_argument("--small", action="store_true", help="the CI test's small inputs")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per block")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="blocks of our traces and Torch-Pruning calls, in turn; times are the best over all")
     parser.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning timings")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -101,7 +114,7 @@ def main(argv=None):
     rows, speeds, ratios = [], [], []
     for name in names:
         try:
-            row, speed, ratio = run_model(name, args.small, args.repeats, not args.no_tp)
+            row, speed, ratio = run_model(name, args.small, args.repeats, not args.no_tp, args.rounds)
         except Exception as exc:  # report, never hide: a failing model is a row that says so
             row, speed, ratio = dict(model=name, exact=f"ERROR {type(exc).__name__}: {exc}"[:120]), dict(model=name), None
         if ratio is not None:

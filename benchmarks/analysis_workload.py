@@ -1,0 +1,52 @@
+"""A fixed analysis workload, for counting instructions where timings are too noisy to compare.
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=cg.5 \\
+        python benchmarks/analysis_workload.py --model mobilenet_v3_small --analyses 5
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=cg.0 \\
+        python benchmarks/analysis_workload.py --model mobilenet_v3_small --analyses 0
+
+Both runs import, build the model and FX-trace it the same number of times (``--analyses``
++ 1 traces) and analyse one trace to warm up; the first then analyses the other traces
+too.  The difference of the two ``totals`` lines, divided by ``--analyses``, is the
+instruction count of one analysis of a fresh trace (shape propagation, channel analysis
+and ZIG grouping, garbage collection included).  A fixed hash seed keeps dict and set
+layouts, and so the counts, the same from run to run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fxprune import zoo  # noqa: E402
+from fxprune.tracing import symbolic_trace  # noqa: E402
+from passes.channel_analysis import analyze_channels  # noqa: E402
+from passes.module_walk import walk_modules  # noqa: E402
+from passes.shape_prop import propagate_shapes  # noqa: E402
+from passes.zig_build import build_zigs  # noqa: E402
+
+
+def analyse(graph_module, example_input) -> int:
+    """What ``fxprune.trace`` does after FX tracing; returns the number of groups."""
+    modules = walk_modules(graph_module)
+    propagate_shapes(graph_module, (example_input,), modules)
+    return len(build_zigs(analyze_channels(graph_module, modules)).groups)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mobilenet_v3_small", help="a torchvision classifier name")
+    parser.add_argument("--analyses", type=int, default=5, help="fresh traces to analyse after the warm-up")
+    args = parser.parse_args(argv)
+    model, x = zoo.build(args.model), zoo.example_input(args.model, False)
+    traces = [symbolic_trace(model, None, None) for _ in range(args.analyses + 1)]
+    groups = analyse(traces[0], x)  # warm-up: first-call costs (caches, lazy imports) in both runs
+    for graph_module in traces[1:]:
+        assert analyse(graph_module, x) == groups
+    print(f"{args.model}: {args.analyses} analyses of fresh traces, {groups} groups each")
+
+
+if __name__ == "__main__":
+    main()
