@@ -5,12 +5,12 @@
     PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=cg.0 \\
         python benchmarks/analysis_workload.py --model mobilenet_v3_small --analyses 0
 
-Both runs import, build the model and FX-trace it the same number of times (``--analyses``
-+ 1 traces) and analyse one trace to warm up; the first then analyses the other traces
-too.  The difference of the two ``totals`` lines, divided by ``--analyses``, is the
-instruction count of one analysis of a fresh trace (shape propagation, channel analysis
-and ZIG grouping, garbage collection included).  A fixed hash seed keeps dict and set
-layouts, and so the counts, the same from run to run.
+Both runs import, build the model, FX-trace it ``--traces`` times and analyse one trace to
+warm up; the first then analyses five of the other, fresh traces too.  The difference of
+the two ``totals`` lines, divided by that number, is the instruction count of one analysis
+of a fresh trace (shape propagation, channel analysis and ZIG grouping, garbage collection
+included).  A fixed hash seed keeps dict and set layouts, and so the counts, the same from
+run to run.
 """
 from __future__ import annotations
 
@@ -39,11 +39,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenet_v3_small", help="a torchvision classifier name")
     parser.add_argument("--analyses", type=int, default=5, help="fresh traces to analyse after the warm-up")
+    parser.add_argument("--traces", type=int, default=6, help="traces made in every run (more than --analyses)")
     args = parser.parse_args(argv)
+    if not 0 <= args.analyses < args.traces:
+        parser.error(f"--analyses must lie in [0, --traces), got {args.analyses} with --traces {args.traces}")
     model, x = zoo.build(args.model), zoo.example_input(args.model, False)
-    traces = [symbolic_trace(model, None, None) for _ in range(args.analyses + 1)]
+    traces = [symbolic_trace(model, None, None) for _ in range(args.traces)]  # as many in every run
     groups = analyse(traces[0], x)  # warm-up: first-call costs (caches, lazy imports) in both runs
-    for graph_module in traces[1:]:
+    for graph_module in traces[1:1 + args.analyses]:
         assert analyse(graph_module, x) == groups
     print(f"{args.model}: {args.analyses} analyses of fresh traces, {groups} groups each")
 
