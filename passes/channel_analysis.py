@@ -225,8 +225,7 @@ class AnalysisContext:
                 for k, t in tensors.items():
                     if t is not None:
                         out[dot + k] = t
-        self._params_by_name, self._buffers_by_name = params, buffers
-        self._named_tensors = {**params, **buffers}
+        self._named_tensors = {**params, **buffers}  # (parameters first: ``named_parameters`` order, then buffers)
         self._param_ids = {id(p) for p in params.values()}
         self._buffer_names = {n for n, t in buffers.items() if id(t) not in self._param_ids}
         self._tied: set[int] = set()
@@ -237,22 +236,17 @@ class AnalysisContext:
         if len(set(tensor_ids)) == len(tensor_ids):  # the common case: no tensor under two names
             return
         canonical = self._first_names()
-        self._canonical_by_name = {n: canonical[id(t)] for n, t in self._registered()}
+        self._canonical_by_name = {n: canonical[id(t)] for n, t in self._named_tensors.items()}
         names_per_tensor: dict[int, int] = {}
         for t_id in tensor_ids:
             names_per_tensor[t_id] = names_per_tensor.get(t_id, 0) + 1
         self._tied = {t_id for t_id, count in names_per_tensor.items() if count > 1}
 
-    def _registered(self):
-        """Every (name, tensor): parameters in ``named_parameters`` order, then buffers."""
-        yield from self._params_by_name.items()
-        yield from self._buffers_by_name.items()
-
     def _first_names(self) -> dict[int, str]:
         """Tensor id -> its first registered name (``named_parameters`` order, then buffers)."""
         if self._canonical is None:
             self._canonical = {}
-            for n, t in self._registered():
+            for n, t in self._named_tensors.items():
                 self._canonical.setdefault(id(t), n)
         return self._canonical
 
