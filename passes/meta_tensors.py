@@ -20,5 +20,13 @@ def empty_meta(shape, dtype: torch.dtype) -> torch.Tensor:
 
 
 def meta_like(x: torch.Tensor) -> torch.Tensor:
-    """A meta tensor with ``x``'s shape, strides and dtype (``empty_like`` on meta runs a Python reference)."""
+    """A meta tensor with ``x``'s shape, strides and dtype (``empty_like`` on meta runs a Python reference).
+
+    For a meta ``x`` (every value of shape propagation), ``x.detach()``: a new tensor object with
+    sizes of its own, so an in-place view op on one (``unsqueeze_``) never changes the shape
+    recorded for the other, at a quarter of the cost of ``empty_strided``.  (A meta tensor has
+    no data: sharing its storage shares nothing.)
+    """
+    if x.is_meta:
+        return x.detach()
     return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=META)

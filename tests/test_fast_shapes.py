@@ -126,6 +126,30 @@ def test_channels_last_layout_is_kept():
     assert out.stride() == x.stride()
 
 
+def test_shape_preserving_output_is_a_separate_tensor():
+    """A shape-preserving op's meta output is its own tensor object: an in-place view op on it
+    (``unsqueeze_``) must not change the shape recorded for the op's input."""
+
+    class InPlaceView(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn, self.act = nn.BatchNorm2d(4), nn.ReLU()
+
+        def forward(self, x):
+            y = self.act(self.bn(x))
+            y.unsqueeze_(0)
+            return y
+
+    gm = torch.fx.symbolic_trace(InPlaceView())
+    propagate_shapes(gm, (torch.randn(2, 4, 5, 5),))
+    shapes = {n.name: tuple(n.meta["val"].shape) for n in gm.graph.nodes if n.op != "output"}
+    assert shapes["x"] == shapes["bn"] == (2, 4, 5, 5)
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            inp = node.args[0].meta["val"]
+            assert node.meta["val"] is not inp and node.meta["val"].is_meta
+
+
 def test_the_common_ops_take_the_shortcut():
     x = _meta(2, 4, 8, 8)
     assert tuple(fast_shapes.module_output(nn.Conv2d(4, 6, 3, 2, 1, device="meta"), (x,), {}).shape) == (2, 6, 4, 4)
