@@ -76,7 +76,7 @@ class PruneSpace:
     @property
     def num_zigs(self) -> int:
         """Number of prunable zero-invariant groups."""
-        return self._zigs.layout.num_zigs
+        return self._zigs.num_prunable  # (without building the layout: the summary asks)
 
     @property
     def prunable_groups(self) -> list[Group]:

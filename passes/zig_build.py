@@ -8,7 +8,8 @@ stream).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -168,12 +169,22 @@ class ZigIndex:
     reason_texts: tuple[str, ...]
     prunable_id: np.ndarray  # int64 [num_components]: index among prunable ZIGs, -1 if not prunable
     groups: tuple[Group, ...]
-    layout: ZigLayout
+    num_prunable: int
+    _dims: "_DimArrays" = field(repr=False, compare=False)
+    _group_of: np.ndarray = field(repr=False, compare=False)  # int64 [num_components]: group id, -1 for none
 
     def reason(self, component: int) -> str | None:
         """Why ZIG ``component`` is not prunable (None when it is)."""
         r = int(self.reason_id[component])
         return self.reason_texts[r] if r >= 0 else None
+
+    @cached_property
+    def layout(self) -> ZigLayout:
+        """The prunable ZIGs numbered 0..num_prunable-1, with a map of ZIG ids per parameter dimension.
+
+        Built on first use: construction and the optimizers read it, the groups and the
+        summary do not (like ``Group.slices``)."""
+        return _layout(self._dims, self.prunable, self.prunable_id, self.num_prunable, self._group_of)
 
 
 def build_zigs(table: AtomTable) -> ZigIndex:
@@ -198,6 +209,12 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     prunable_id[prunable] = np.arange(n_prunable)
 
     groups, group_of = _group_zigs(dims, n_comp, reason_id, reason_texts)
+    return ZigIndex(comp, n_comp, prunable, reason_id, tuple(reason_texts), prunable_id, tuple(groups), n_prunable,
+                    dims, group_of)
+
+
+def _layout(dims: "_DimArrays", prunable: np.ndarray, prunable_id: np.ndarray, n_prunable: int,
+            group_of: np.ndarray) -> ZigLayout:
     zig_group = np.zeros(n_prunable, dtype=np.int64)
     zig_group[prunable_id[prunable]] = group_of[prunable]
     # parameter dims that share atoms share one (read-only) map: views of one tensor for all of them
@@ -208,8 +225,7 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     # is a Python function, and a model has a SliceMap per parameter dimension)
     maps = [_make_tuple(SliceMap, (pd.name, pd.dim, zig_of[j], pd.role))
             for pd, j in zip(dims.dims, dims.array_of) if any_prunable[j]]
-    layout = ZigLayout(n_prunable, tuple(maps), torch.from_numpy(zig_group))
-    return ZigIndex(comp, n_comp, prunable, reason_id, tuple(reason_texts), prunable_id, tuple(groups), layout)
+    return ZigLayout(n_prunable, tuple(maps), torch.from_numpy(zig_group))
 
 
 class _DimArrays:
@@ -276,18 +292,16 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     orphan = ~has_dim
     if orphan.any():
         signature[orphan] = _random_keys(1, stream=2)[0]
-    first, group_of = _first_and_inverse(signature)
-    order = np.argsort(first, kind="stable")  # number groups in order of their first component
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    group_of = rank[group_of]
-    n_groups = order.size
+    group_of, n_groups = _number_by_first_occurrence(signature)  # groups in order of their first component
     if orphan.any():
         orphan_group = int(group_of[orphan][0])
         group_of = np.where(orphan, -1, group_of - (group_of > orphan_group))
         n_groups -= 1
 
-    by_group = np.argsort(group_of, kind="stable")
+    if group_of.size < 2 or (group_of[1:] >= group_of[:-1]).all():
+        by_group = np.arange(group_of.size)  # (the common case: each group's components in one run)
+    else:
+        by_group = np.argsort(group_of, kind="stable")
     by_group = by_group[group_of[by_group] >= 0]
     starts, ends = _runs(group_of[by_group])
 
@@ -301,6 +315,26 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     first_reason = reason_id[by_group[starts]].tolist() if n_groups else []  # a group's components share a reason
     groups = [Group(g, r < 0, reason_texts[r] if r >= 0 else None, members) for g, r in enumerate(first_reason)]
     return groups, group_of
+
+
+def _number_by_first_occurrence(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per element, the number of its value, values numbered 0, 1, ... in order of first occurrence;
+    and how many distinct values there are.
+
+    Equal values mostly come in runs (a group's components are mostly consecutive): the
+    runs are numbered, not the elements."""
+    if not values.size:
+        return np.zeros(0, dtype=np.int64), 0
+    starts = np.empty(values.size, dtype=bool)
+    starts[0] = True
+    np.not_equal(values[1:], values[:-1], out=starts[1:])
+    starts = np.flatnonzero(starts)
+    first, inverse = _first_and_inverse(values[starts])  # (per run)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    lengths = np.diff(starts, append=values.size)
+    return np.repeat(rank[inverse], lengths), int(order.size)
 
 
 def _first_and_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

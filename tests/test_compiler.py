@@ -52,6 +52,9 @@ def test_zero_invariance_and_smaller_model():
     model = _randomise_bn(SmallCNN()).eval()
     x = torch.randn(4, 3, 8, 8)
     space = fxprune.trace(model, x)
+    # the layout is built on first use; its ZIG count is the one the space reports without it
+    assert space.num_zigs == space.layout.num_zigs == sum(g.channels for g in space.prunable_groups)
+    assert space.layout is space.layout
     zeroed = space.zero_random_groups(0.5, seed=3)
     assert zeroed.numel() == space.num_zigs // 2
     assert int(space.zero_zigs().sum()) == zeroed.numel()

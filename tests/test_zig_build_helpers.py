@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 import fxprune  # noqa: F401  (the package first: passes.zig_build is imported through it)
 from passes.channel_analysis import AtomTable
-from passes.zig_build import _distinct_by_array, _first_and_inverse, connected_components
+from passes.zig_build import _distinct_by_array, _first_and_inverse, _number_by_first_occurrence, connected_components
 
 
 @settings(max_examples=200, deadline=None)
@@ -34,6 +34,17 @@ def test_first_and_inverse_match_np_unique(values):
     _, expected_first, expected_inverse = np.unique(values, return_index=True, return_inverse=True)
     assert np.array_equal(first, expected_first)
     assert np.array_equal(inverse, expected_inverse.ravel())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5) | st.sampled_from([2**63, 2**64 - 1]), st.integers(1, 4)), max_size=12))
+def test_number_by_first_occurrence(runs):
+    """Values (in runs, and repeating after other values) numbered in order of first occurrence."""
+    values = np.asarray([v for v, n in runs for _ in range(n)], dtype=np.uint64)
+    numbers, count = _number_by_first_occurrence(values)
+    seen: dict[int, int] = {}
+    expected = [seen.setdefault(v, len(seen)) for v in values.tolist()]
+    assert numbers.tolist() == expected and count == len(seen)
 
 
 def _reference_components(n, edges):

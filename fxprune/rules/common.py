@@ -81,7 +81,7 @@ def combine_nonzero(mode: str, code: int, present: Sequence[DimLabel], n_other: 
 
 def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequence[int] | None = None) -> TensorLabels:
     """Broadcasting n-ary op: aligned channel dims are unified, zeros follow ``mode``."""
-    out_shape = tuple(out_shape if out_shape is not None else ctx.out_shape(node))
+    out_shape = ctx.out_shape(node) if out_shape is None else tuple(out_shape)
     if len(operands) == 1 and isinstance(operands[0], TensorLabels) and operands[0].shape == out_shape:
         if mode == KEEP:
             return operands[0]  # a unary op that keeps zeros (activations, dropout): the labels pass unchanged

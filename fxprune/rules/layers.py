@@ -27,7 +27,8 @@ def _out_labels(ctx, node, x: TensorLabels | None, out_shape, channel_dim: int, 
     dims = [None] * len(out_shape)
     if x is not None:
         # the kernel mixes spatial positions: channels laid out along them cannot be removed
-        spatial = [d for d in range(channel_dim + 1, x.ndim) if x.dims[d] is not None]
+        in_dims = x.dims
+        spatial = [d for d in range(channel_dim + 1, len(in_dims)) if in_dims[d] is not None]
         if spatial:
             block_dims(ctx, x, spatial, f"{ctx.describe(node)} convolves over these channels")
         if channel_dim == 1 and x.dims[0] is not None and x.shape[0] == out_shape[0]:

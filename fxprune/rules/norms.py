@@ -38,7 +38,10 @@ def _attribute(m: nn.Module, name: str):
 def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> list[str]:
     """Couple the norm's per-channel tensors to the channels of ``x``'s ``dim``; returns their names."""
     lab = x.dims[dim]
-    present = [(pname, role) for pname, role in _CHANNEL_TENSORS if _attribute(m, pname) is not None]
+    params, buffers = m._parameters, m._buffers  # (``_attribute`` spelled out: four calls per norm layer)
+    present = [(pname, role) for pname, role in _CHANNEL_TENSORS
+               if (params[pname] if pname in params else buffers[pname] if pname in buffers
+                   else getattr(m, pname, None)) is not None]
     prefix = node.target + "."
     if lab is None:
         for pname, _ in present:
@@ -66,8 +69,11 @@ def _per_channel_norm(ctx, node):
     m = ctx.module(node)
     x = ctx.labels(node.args[0])
     out = elementwise(ctx, node, [x], KEEP)
-    dim = 0 if x is not None and x.ndim == _UNBATCHED_RANK.get(type(m), -1) else 1
-    if x is None or x.ndim <= dim:
+    if x is None:
+        return out
+    ndim = len(x.shape)
+    dim = 0 if ndim == _UNBATCHED_RANK.get(type(m), -1) else 1
+    if ndim <= dim:
         return out
     _block_statistics_dims(ctx, node, x, dim)
     present = _attach_channel_params(ctx, node, m, x, dim)
