@@ -218,23 +218,26 @@ class AnalysisContext:
         params: dict[str, torch.Tensor] = {}
         buffers: dict[str, torch.Tensor] = {}
         for prefix, mod in modules.items():  # named_parameters' order
-            if not (mod._parameters or mod._buffers):
+            own_params, own_buffers = mod._parameters, mod._buffers
+            if not (own_params or own_buffers):
                 continue  # (containers: most modules of a deep model)
             dot = prefix + "." if prefix else ""
-            for tensors, out in ((mod._parameters, params), (mod._buffers, buffers)):
-                for k, t in tensors.items():
-                    if t is not None:
-                        out[dot + k] = t
+            for k, t in own_params.items():
+                if t is not None:
+                    params[dot + k] = t
+            for k, t in own_buffers.items():
+                if t is not None:
+                    buffers[dot + k] = t
         self._named_tensors = {**params, **buffers}  # (parameters first: ``named_parameters`` order, then buffers)
-        self._param_ids = {id(p) for p in params.values()}
+        self._param_ids = set(map(id, params.values()))
         self._buffer_names = {n for n, t in buffers.items() if id(t) not in self._param_ids}
         self._tied: set[int] = set()
         # with ties, every name resolved up front: param_atoms asks once per parameter dimension
         self._canonical_by_name: dict[str, str] = {}
         self._canonical: dict[int, str] | None = None  # built on first need: most models tie nothing
+        if len(set(map(id, self._named_tensors.values()))) == len(self._named_tensors):
+            return  # the common case: no tensor under two names
         tensor_ids = [id(t) for t in self._named_tensors.values()]
-        if len(set(tensor_ids)) == len(tensor_ids):  # the common case: no tensor under two names
-            return
         canonical = self._first_names()
         self._canonical_by_name = {n: canonical[id(t)] for n, t in self._named_tensors.items()}
         names_per_tensor: dict[int, int] = {}
