@@ -70,7 +70,6 @@ class _Immutable:
 
 
 _set = object.__setattr__
-_new_label = object.__new__
 
 
 class DimLabel(_Immutable):
@@ -95,11 +94,7 @@ class DimLabel(_Immutable):
     @staticmethod
     def fresh(atoms: np.ndarray) -> "DimLabel":
         """``atoms`` with every channel zero when zeroed (a layer's own output channels)."""
-        label = _new_label(DimLabel)  # (``zeros`` is read-only already: only ``atoms`` needs freezing)
-        _set(label, "atoms", _frozen(atoms))
-        _set(label, "nonzero", zeros(atoms.shape[0]))
-        _set(label, "_all_zero", True)
-        return label
+        return DimLabel(atoms, zeros(len(atoms)))
 
     def all_zero(self) -> bool:
         """Every channel here is exactly zero once its ZIG is zeroed."""

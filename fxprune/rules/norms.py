@@ -38,10 +38,7 @@ def _attribute(m: nn.Module, name: str):
 def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> list[str]:
     """Couple the norm's per-channel tensors to the channels of ``x``'s ``dim``; returns their names."""
     lab = x.dims[dim]
-    params, buffers = m._parameters, m._buffers  # (``_attribute`` spelled out: four calls per norm layer)
-    present = [(pname, role) for pname, role in _CHANNEL_TENSORS
-               if (params[pname] if pname in params else buffers[pname] if pname in buffers
-                   else getattr(m, pname, None)) is not None]
+    present = [(pname, role) for pname, role in _CHANNEL_TENSORS if _attribute(m, pname) is not None]
     prefix = node.target + "."
     if lab is None:
         for pname, _ in present:
