@@ -157,15 +157,16 @@ class AnalysisContext:
         return arg
 
     def labels(self, arg: Any) -> TensorLabels | None:
-        v = self.value(arg)
+        v = self.env.get(arg) if type(arg) is fx.Node else self.value(arg)  # (most arguments: a node)
         return v if isinstance(v, TensorLabels) else None
 
     @staticmethod
     def meta_value(node: fx.Node) -> Any:
         return node.meta.get("val")
 
-    def out_shape(self, node: fx.Node) -> tuple[int, ...]:
-        return tuple(self.meta_value(node).shape)  # torch.Size holds plain ints (static shapes)
+    @staticmethod
+    def out_shape(node: fx.Node) -> tuple[int, ...]:
+        return tuple(node.meta["val"].shape)  # torch.Size holds plain ints (static shapes)
 
     def is_tensor(self, node: fx.Node) -> bool:
         return isinstance(self.meta_value(node), torch.Tensor)
@@ -196,7 +197,8 @@ class AnalysisContext:
         return facts
 
     def module(self, node: fx.Node) -> nn.Module:
-        return self.module_at(node.target)
+        m = self._modules.get(node.target)
+        return m if m is not None else self.module_at(node.target)
 
     def module_at(self, target: str) -> nn.Module:
         m = self._modules.get(target)
