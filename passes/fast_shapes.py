@@ -74,7 +74,10 @@ _NORM_RANKS: dict[type, tuple[tuple[int, ...], int | None]] = {
 def _elementwise(args, kwargs, in_place: bool = False) -> torch.Tensor | None:
     """Float tensors of one dtype combined with Python numbers: broadcast shape, same dtype."""
     shape, dtype = None, None
-    for a in list(args) + [v for k, v in kwargs.items() if k in ("other", "input", "alpha")]:
+    operands = list(args)
+    if kwargs:
+        operands += [v for k, v in kwargs.items() if k in ("other", "input", "alpha")]
+    for a in operands:
         if isinstance(a, torch.Tensor):
             if not a.is_floating_point() or (dtype is not None and a.dtype != dtype):
                 return None
@@ -130,10 +133,14 @@ def _adaptive_avg_output(output_size, x: torch.Tensor, spatial: int) -> torch.Te
     sizes = (output_size,) * spatial if isinstance(output_size, int) else tuple(output_size)
     if len(sizes) != spatial:
         return None
-    out = [x.shape[2 + i] if s is None else s for i, s in enumerate(sizes)]
-    if any(not isinstance(s, int) or s <= 0 for s in out):
-        return None
-    return _empty((*x.shape[:2], *out), x.dtype)
+    shape = list(x.shape)
+    for i, s in enumerate(sizes):  # (a loop: comprehensions are calls of their own, per pooling layer)
+        if s is None:
+            s = shape[2 + i]  # (None keeps the input's size)
+        if not isinstance(s, int) or s <= 0:
+            return None
+        shape[2 + i] = s
+    return _empty(shape, x.dtype)
 
 
 def _fits_norm(module: nn.Module, x: torch.Tensor) -> bool:
@@ -417,7 +424,8 @@ def _method_softmax_args(args, kwargs):
 def function_output(target: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The meta output of ``target(*args, **kwargs)`` when a formula covers it, else None."""
     if target in _ELEMENTWISE_FUNCTIONS:
-        if any(k not in ("inplace", "approximate", "training", "p", "negative_slope", "alpha", "other") for k in kwargs):
+        if kwargs and any(k not in ("inplace", "approximate", "training", "p", "negative_slope", "alpha", "other")
+                          for k in kwargs):
             return None
         if target in (F.dropout, F.leaky_relu, F.elu, F.gelu, F.relu, F.relu6, F.silu, F.hardswish,
                       F.hardsigmoid, F.mish):

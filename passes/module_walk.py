@@ -16,12 +16,14 @@ def walk_modules(root: nn.Module) -> dict[str, nn.Module]:
     between parents is listed under each of its names."""
     out: dict[str, nn.Module] = {}
     stack = [("", root)]
-    pop = stack.pop
+    pop, push = stack.pop, stack.append
     while stack:
         prefix, module = pop()
         out[prefix] = module
         children = module._modules
         if children:  # (most modules are leaves: nothing to build for them)
             dot = prefix + "." if prefix else ""
-            stack += [(dot + name, child) for name, child in reversed(children.items()) if child is not None]
+            for name, child in reversed(children.items()):  # (a loop: a comprehension is a call per module)
+                if child is not None:
+                    push((dot + name, child))
     return out

@@ -55,10 +55,16 @@ def combine_nonzero(mode: str, code: int, present: Sequence[DimLabel], n_other: 
         return present[0].nonzero
     if mode == CONST:
         return filled(size, code)
-    if mode == MUL and any(lab.all_zero() for lab in present):
-        return zeros(size)  # a product with an operand whose channels are all zero when zeroed (gating)
-    if mode == ADD and all(lab.all_zero() for lab in present) and (not n_other or other_zero):
-        return zeros(size)  # the common case: every operand's channels are zero when zeroed
+    if mode == MUL:
+        for lab in present:  # (loops, not any()/all() over a generator: this runs for every binary op)
+            if lab.all_zero():
+                return zeros(size)  # a product with an operand whose channels are all zero when zeroed (gating)
+    if mode == ADD and (not n_other or other_zero):
+        for lab in present:
+            if not lab.all_zero():
+                break
+        else:
+            return zeros(size)  # the common case: every operand's channels are zero when zeroed
     if mode == MUL:
         zero = np.zeros(size, dtype=bool)
         for lab in present:
@@ -150,7 +156,7 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
 
 def carry(in_labels: TensorLabels | None, out_shape: Sequence[int], mapping: dict[int, int]) -> TensorLabels:
     """Output labels that copy ``in_labels`` dims by ``{out_dim: in_dim}`` (others untracked)."""
-    out_shape = tuple(int(s) for s in out_shape)
+    out_shape = tuple(map(int, out_shape))
     dims: list[DimLabel | None] = [None] * len(out_shape)
     if in_labels is not None:
         for o, i in mapping.items():

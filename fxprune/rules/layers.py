@@ -28,7 +28,10 @@ def _out_labels(ctx, node, x: TensorLabels | None, out_shape, channel_dim: int, 
     if x is not None:
         # the kernel mixes spatial positions: channels laid out along them cannot be removed
         in_dims = x.dims
-        spatial = [d for d in range(channel_dim + 1, len(in_dims)) if in_dims[d] is not None]
+        spatial = []  # (a loop, not a comprehension: one call fewer per layer)
+        for d in range(channel_dim + 1, len(in_dims)):
+            if in_dims[d] is not None:
+                spatial.append(d)
         if spatial:
             block_dims(ctx, x, spatial, f"{ctx.describe(node)} convolves over these channels")
         if channel_dim == 1 and x.dims[0] is not None and x.shape[0] == out_shape[0]:

@@ -38,23 +38,27 @@ def _attribute(m: nn.Module, name: str):
 def _attach_channel_params(ctx, node, m, x: TensorLabels, dim: int) -> list[str]:
     """Couple the norm's per-channel tensors to the channels of ``x``'s ``dim``; returns their names."""
     lab = x.dims[dim]
-    present = [(pname, role) for pname, role in _CHANNEL_TENSORS if _attribute(m, pname) is not None]
     prefix = node.target + "."
-    if lab is None:
-        for pname, _ in present:
+    present = []  # (plain loops here and below: a comprehension is a function call of its own, per norm layer)
+    for pname, role in _CHANNEL_TENSORS:
+        if _attribute(m, pname) is None:
+            continue
+        present.append(pname)
+        if lab is None:
             ctx.block_if_shared(prefix + pname, 0, node)
-        return [pname for pname, _ in present]
-    channels = lab.atoms
-    for pname, role in present:
-        atoms = ctx.param_atoms(prefix + pname, 0, role, like=channels)
-        if atoms is not channels:  # (a tensor seen before, or one that could not adopt these atoms)
-            ctx.atoms.unify(channels, atoms, ctx.describe(node))
-    return [pname for pname, _ in present]
+            continue
+        atoms = ctx.param_atoms(prefix + pname, 0, role, like=lab.atoms)
+        if atoms is not lab.atoms:  # (a tensor seen before, or one that could not adopt these atoms)
+            ctx.atoms.unify(lab.atoms, atoms, ctx.describe(node))
+    return present
 
 
 def _block_statistics_dims(ctx, node, x: TensorLabels, channel_dim: int) -> None:
     """Channels laid along any other dim enter the statistics (batch or spatial): unprunable."""
-    others = [d for d, lab in enumerate(x.dims) if d != channel_dim and lab is not None]
+    others = []
+    for d, lab in enumerate(x.dims):
+        if lab is not None and d != channel_dim:
+            others.append(d)
     if others:
         block_dims(ctx, x, others, f"{ctx.describe(node)} computes statistics across these channels")
 

@@ -46,7 +46,7 @@ def _spatial_op_shape(ctx, node, x, out_shape, n_spatial):
     if n_spatial == 0:  # interpolate / upsample: every dim after (N, C)
         n_spatial = max(x.ndim - 2, 1)
     lead = x.ndim - n_spatial
-    if any(lab is not None for lab in x.dims[lead:]):
+    if x.dims[lead:].count(None) < x.ndim - lead:  # (some dim after ``lead`` carries channels)
         block_dims(ctx, x, range(lead, x.ndim), f"{ctx.describe(node)} treats a channel dim as spatial")
     return carry(x, out_shape, {d: d for d in range(lead)})
 
