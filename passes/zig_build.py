@@ -282,9 +282,11 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     array_key = np.zeros(dims.num_arrays, dtype=np.uint64)
     np.add.at(array_key, np.asarray(dims.array_of, dtype=np.int64), key_hash[: len(dims.dims)])
     # Each (array, component) pair once: an array may hold several atoms of one component.
-    pairs = _distinct_by_array(dims.array_all * max(n_comp, 1) + dims.comp_all, dims.array_all)
+    distinct = _distinct_by_array(dims.array_all * max(n_comp, 1) + dims.comp_all, dims.array_all)
+    comps, arrays = (dims.comp_all, dims.array_all) if distinct is None else \
+        (dims.comp_all[distinct], dims.array_all[distinct])
     signature = reason_hash[reason_id + 1]
-    np.add.at(signature, pairs % max(n_comp, 1), array_key[pairs // max(n_comp, 1)])  # uint64 wraps
+    np.add.at(signature, comps, array_key[arrays])  # uint64 wraps
     # Atoms of no parameter dim (a dimension nothing gave a channel meaning, see channel_analysis)
     # slice nothing: they form no group.
     has_dim = np.zeros(n_comp, dtype=bool)
@@ -426,9 +428,12 @@ def _group_names(dims: _DimArrays, group_all: np.ndarray, n_groups: int, low: np
     # each (array, group) once; most arrays lie in one group: their pair is (array, low)
     uniform = (low == high) & (dims.sizes > 0)
     mixed = ~uniform[dims.array_all]
-    pairs = _distinct_by_array(dims.array_all[mixed] * n_groups + group_all[mixed], dims.array_all[mixed])
-    arrays = np.concatenate([np.flatnonzero(uniform), pairs // n_groups])
-    groups = np.concatenate([low[uniform], pairs % n_groups])
+    mixed_arrays, mixed_groups = dims.array_all[mixed], group_all[mixed]
+    distinct = _distinct_by_array(mixed_arrays * n_groups + mixed_groups, mixed_arrays)
+    if distinct is not None:
+        mixed_arrays, mixed_groups = mixed_arrays[distinct], mixed_groups[distinct]
+    arrays = np.concatenate([np.flatnonzero(uniform), mixed_arrays])
+    groups = np.concatenate([low[uniform], mixed_groups])
     best_dim = np.full(n_groups, num_dims, dtype=np.int64)
     np.minimum.at(best_dim, groups, first_dim[arrays])
     best_producer = np.full(n_groups, num_dims, dtype=np.int64)
@@ -438,29 +443,37 @@ def _group_names(dims: _DimArrays, group_all: np.ndarray, n_groups: int, low: np
             for g, k in enumerate(chosen)]
 
 
-def _distinct_by_array(keys: np.ndarray, array: np.ndarray) -> np.ndarray:
-    """The distinct values of ``keys`` (any order), where ``keys`` is array-major: the keys of one
+def _distinct_by_array(keys: np.ndarray, array: np.ndarray) -> np.ndarray | None:
+    """Positions of the distinct values of ``keys``, one position per value (any order), or None
+    when every position holds a distinct value.  ``keys`` is array-major: the keys of one
     array (``array[i]``) are contiguous and below the next array's.
 
     Most arrays are a layer's own channels, already strictly increasing, and a grouped conv's
     repeat its components in runs: equal neighbours are dropped first, then only arrays with a
-    descent are sorted (np.unique would sort, or hash, everything).
+    descent are sorted (np.unique would sort, or hash, everything).  Positions, not keys, are
+    returned: the caller reads the (array, component) pair at each without dividing the key.
     """
     if keys.size < 2:
-        return keys
+        return None
     step = keys[1:] != keys[:-1]
+    positions = None
     if not step.all():  # runs of one component (the channels of one conv group)
         keep = np.concatenate(([True], step))
-        keys, array = keys[keep], array[keep]
+        positions = np.flatnonzero(keep)
+        keys, array = keys[positions], array[positions]
     stalls = np.flatnonzero(keys[1:] < keys[:-1])
     if not stalls.size:
-        return keys
+        return positions
+    if positions is None:
+        positions = np.arange(keys.size)
     unsorted = np.zeros(int(array[-1]) + 1, dtype=bool)
     unsorted[array[stalls]] = True
     in_unsorted = unsorted[array]
-    rest = np.sort(keys[in_unsorted])
-    rest = rest[np.concatenate(([True], rest[1:] != rest[:-1]))]
-    return np.concatenate([keys[~in_unsorted], rest])
+    rest = np.flatnonzero(in_unsorted)
+    rest = rest[np.argsort(keys[rest], kind="stable")]
+    rest_keys = keys[rest]
+    first = np.concatenate(([True], rest_keys[1:] != rest_keys[:-1]))
+    return np.concatenate([positions[~in_unsorted], positions[rest[first]]])
 
 
 def _runs(sorted_keys: np.ndarray) -> tuple[list[int], list[int]]:
