@@ -181,8 +181,13 @@ def module_output(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor 
     """The meta output of ``module(*args, **kwargs)`` when a formula covers it, else None."""
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
         return None
+    return module_output_of(module, args[0])
+
+
+def module_output_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``module_output`` for the most common call: one tensor, no keywords."""
     output = _MODULE_OUTPUTS.get(type(module))
-    return output(module, args[0]) if output is not None else pool_module_output(module, args[0])
+    return output(module, x) if output is not None else pool_module_output(module, x)
 
 
 def _cat_output(args, kwargs) -> torch.Tensor | None:

@@ -172,18 +172,22 @@ class _RecordingInterpreter:
                 return
             else:
                 args = node.args
-                if len(args) == 1 and type(args[0]) is _Node and not node.kwargs:  # most calls: one tensor in
-                    args, kwargs = (env[args[0]],), {}
+                one_input = len(args) == 1 and type(args[0]) is _Node and not node.kwargs  # most calls
+                if one_input and op == "call_module":
+                    result = self.call_module_on(node.target, env[args[0]])
                 else:
-                    args, kwargs = fx.node.map_arg((args, node.kwargs), env.__getitem__)
-                if op == "call_module":
-                    result = self.call_module(node.target, args, kwargs)
-                elif op == "call_function":
-                    result = self.call_function(node.target, args, kwargs)
-                elif op == "call_method":
-                    result = self.call_method(node.target, args, kwargs)
-                else:  # get_attr
-                    result = self.get_attr(node.target)
+                    if one_input:
+                        args, kwargs = (env[args[0]],), {}
+                    else:
+                        args, kwargs = fx.node.map_arg((args, node.kwargs), env.__getitem__)
+                    if op == "call_module":
+                        result = self.call_module(node.target, args, kwargs)
+                    elif op == "call_function":
+                        result = self.call_function(node.target, args, kwargs)
+                    elif op == "call_method":
+                        result = self.call_method(node.target, args, kwargs)
+                    else:  # get_attr
+                        result = self.get_attr(node.target)
             env[node] = result
             node.meta["val"] = result
 
@@ -205,6 +209,15 @@ class _RecordingInterpreter:
         if module is None:
             module = self._modules[target] = self.gm.get_submodule(target)
         return module
+
+    def call_module_on(self, target: str, x: Any) -> Any:
+        """``call_module`` of one positional input and no keywords (most module calls)."""
+        module = self._modules.get(target)
+        if module is not None and isinstance(x, torch.Tensor) and not has_forward_hooks(module):
+            shortcut = fast_shapes.module_output_of(module, x)
+            if shortcut is not None:
+                return shortcut
+        return self.call_module(target, (x,), {})
 
     def call_module(self, target, args, kwargs):
         module = self._module(target)
