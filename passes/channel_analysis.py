@@ -57,7 +57,8 @@ class AtomTable:
     def new(self, k: int) -> np.ndarray:
         # a view of one shared read-only arange: atom arrays are shared and their properties cached,
         # never edited in place (and a view costs a fraction of a new arange)
-        atoms = _counting(self.count + k)[self.count:self.count + k]
+        end = self.count + k
+        atoms = (_COUNTING if _COUNTING.size >= end else _counting(end))[self.count:end]
         self._fresh.append(atoms)
         self.ranges[id(atoms)] = self.count
         self.count += k
@@ -186,7 +187,9 @@ class AnalysisContext:
         a module called from many nodes (a shared activation) is looked at once."""
         facts = self._module_facts.get(target)
         if facts is None:
-            module = self.module_at(target)
+            module = self._modules.get(target)
+            if module is None:
+                module = self.module_at(target)
             cls = type(module)
             may_alias = _MAY_ALIAS.get(cls)
             if may_alias is None:
@@ -306,7 +309,9 @@ class AnalysisContext:
         pd = table.param_dims.get(key)
         if pd is None:
             size = tensor.shape[dim]
-            adopt = like is not None and like.ndim == 1 and like.shape[0] == size and table.all_tracked(like)
+            # (a fresh run, the usual ``like``, is known tracked by its id: no call needed)
+            adopt = like is not None and like.ndim == 1 and like.shape[0] == size and (
+                id(like) in table.ranges or table.all_tracked(like))
             atoms = like if adopt else table.new(size)
             pd = table.param_dims[key] = ParamDim(name, dim, atoms, BUFFER if is_buffer else role, is_buffer)
         elif pd.is_buffer:

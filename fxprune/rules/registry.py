@@ -73,9 +73,10 @@ class RuleRegistry:
         if hidden_behaviour(module) is not None:
             return None
         cls = type(module)
-        if cls not in self._by_class:
-            self._by_class[cls] = self._inherited_rule(cls)
-        return self._by_class[cls]
+        rule = self._by_class.get(cls, _UNSEEN)
+        if rule is _UNSEEN:
+            rule = self._by_class[cls] = self._inherited_rule(cls)
+        return rule
 
     def _inherited_rule(self, cls: type) -> Rule | None:
         """The rule of the nearest registered class in ``cls``'s MRO, if ``cls`` runs that class's forward.
@@ -89,6 +90,7 @@ class RuleRegistry:
         return None
 
 
+_UNSEEN = object()  # (a class not looked up yet; None is a looked-up class without a rule)
 RULES = RuleRegistry()
 
 
