@@ -514,21 +514,21 @@ def analyze_channels(gm: fx.GraphModule, modules: dict[str, nn.Module] | None = 
                     for a in stale:
                         ctx.block_value(ctx.env.get(a), reason)
             ctx.env[mutated] = result  # later readers of the mutated tensor see the op's output
-    _drop_unclaimed(ctx.atoms)
-    for pd in ctx.atoms.param_dims.values():
-        if pd.role is None:
-            pd.role = PRODUCER
+    roleless = [key for key, pd in ctx.atoms.param_dims.items() if pd.role is None]
+    if roleless:  # (rare: most dimensions get a role from the rule that reads them)
+        _drop_unclaimed(ctx.atoms, roleless)
+        for key in roleless:
+            pd = ctx.atoms.param_dims.get(key)
+            if pd is not None:
+                pd.role = PRODUCER
     return ctx.atoms
 
 
-def _drop_unclaimed(table: AtomTable) -> None:
+def _drop_unclaimed(table: AtomTable, candidates: list[tuple[str, int]]) -> None:
     """A parameter dimension only ``get_attr`` touched, that no op coupled to anything, has no channel
     meaning (a conv kernel's spatial dims when FX traces into a conv subclass): its slices are never
     removed, and it is left out of the table rather than listed as a group of its own.  One that an op
-    blocked keeps its group, so the reason stays visible."""
-    candidates = [key for key, pd in table.param_dims.items() if pd.role is None]
-    if not candidates:  # the common case: every dimension got a role from some rule
-        return
+    blocked keeps its group, so the reason stays visible.  ``candidates``: the dimensions without a role."""
     linked = np.zeros(table.count, dtype=bool)
     for a, b in table.edges:
         linked[a] = True

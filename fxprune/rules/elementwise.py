@@ -43,7 +43,10 @@ CONST_MODULES = [nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid, nn.Alph
 
 def _unary(mode):
     def analyze(ctx, node):
-        return elementwise(ctx, node, [ctx.value(node.args[0])], mode)
+        x = ctx.value(node.args[0])
+        if mode is KEEP and type(x) is TensorLabels and x.shape == ctx.out_shape(node):
+            return x  # (``elementwise``'s first case, without building its operand list: most activations)
+        return elementwise(ctx, node, [x], mode)
 
     return analyze
 
