@@ -464,14 +464,15 @@ def analyze_channels(gm: fx.GraphModule, modules: dict[str, nn.Module] | None = 
     counting_nodes: set[fx.Node] = set()  # nodes whose value holds a channel count (a SizeTaint)
     for node in gm.graph.nodes:
         mutated = None
-        if node.op == "placeholder":
+        op = node.op
+        if op == "placeholder":
             result = blank_like(node.meta.get("val"))  # the input interface is never pruned
-        elif node.op == "get_attr":
+        elif op == "get_attr":
             result = _get_attr(ctx, node)
-        elif node.op == "output":
+        elif op == "output":
             result = _output(ctx, node)
         else:
-            if node.op == "call_module":
+            if op == "call_module":
                 rule, in_place, may_alias = ctx.module_facts(node.target)
                 mutated = node.args[0] if in_place and node.args and isinstance(node.args[0], fx.Node) else None
             else:
@@ -490,7 +491,7 @@ def analyze_channels(gm: fx.GraphModule, modules: dict[str, nn.Module] | None = 
                     if counting_nodes and not getattr(rule.analyze, "handles_sizes", False) \
                             and not counting_nodes.isdisjoint(node.all_input_nodes):
                         _block_sizes_used(ctx, node)
-            if node.op == "call_module":
+            if op == "call_module":
                 aliased = [mutated] if mutated is not None else node.all_input_nodes if rule is None or may_alias else ()
             else:
                 aliased = aliased_inputs(node, ctx.module, rule is None, mutated)
@@ -500,9 +501,10 @@ def analyze_channels(gm: fx.GraphModule, modules: dict[str, nn.Module] | None = 
         node.meta[META_KEY] = result
         if result is not None and not isinstance(result, TensorLabels) and any(True for _ in size_taints_in(result)):
             counting_nodes.add(node)
-        if mutated is not None and isinstance(result, TensorLabels):
+        if mutated is not None and isinstance(result, TensorLabels) and result is not ctx.env.get(mutated):
             # The write lands in one storage: every other name for it still carries the labels
-            # from before the write.  A name that is read afterwards cannot be followed.
+            # from before the write.  A name that is read afterwards cannot be followed.  (A write
+            # that leaves the labels as they were, an in-place ReLU, changes nothing of this.)
             others = [a for a in aliases.members(mutated) if a is not mutated and a is not node]
             if others and _changes_zeros(ctx.env.get(mutated), result):
                 stale = read_after(others, node, ctx.codes)
