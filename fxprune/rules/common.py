@@ -154,6 +154,14 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
     return TensorLabels(out_shape, tuple(dims))
 
 
+def keep_zeros(ctx, node, x: Any) -> TensorLabels:
+    """Labels of a unary op with f(0) = 0 applied to ``x`` (an activation, a per-channel norm's
+    normalisation): ``x``'s own labels when the shape is kept, the most common op of all."""
+    if type(x) is TensorLabels and x.shape == ctx.out_shape(node):
+        return x
+    return elementwise(ctx, node, [x], KEEP)
+
+
 def carry(in_labels: TensorLabels | None, out_shape: Sequence[int], mapping: dict[int, int]) -> TensorLabels:
     """Output labels that copy ``in_labels`` dims by ``{out_dim: in_dim}`` (others untracked)."""
     out_shape = tuple(map(int, out_shape))

@@ -10,7 +10,7 @@ from torch import nn
 
 from fxprune.labels import DimLabel, SizeTaint, TensorLabels
 
-from .common import ADD, CONST, DIV, KEEP, MUL, elementwise, normalize_dim, set_nonzero
+from .common import ADD, CONST, DIV, KEEP, MUL, elementwise, keep_zeros, normalize_dim, set_nonzero
 from .registry import RULES
 
 # f(0) == 0: a zero channel stays zero
@@ -42,11 +42,11 @@ CONST_MODULES = [nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid, nn.Alph
 
 
 def _unary(mode):
+    if mode == KEEP:
+        return lambda ctx, node: keep_zeros(ctx, node, ctx.value(node.args[0]))
+
     def analyze(ctx, node):
-        x = ctx.value(node.args[0])
-        if mode is KEEP and type(x) is TensorLabels and x.shape == ctx.out_shape(node):
-            return x  # (``elementwise``'s first case, without building its operand list: most activations)
-        return elementwise(ctx, node, [x], mode)
+        return elementwise(ctx, node, [ctx.value(node.args[0])], mode)
 
     return analyze
 

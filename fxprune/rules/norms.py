@@ -14,7 +14,7 @@ from torch import nn
 from fxprune.labels import TensorLabels
 from fxprune.layout import BUFFER, PRODUCER
 
-from .common import KEEP, block_dims, elementwise, set_nonzero, stored_or_absent
+from .common import KEEP, block_dims, elementwise, keep_zeros, set_nonzero, stored_or_absent
 from .registry import RULES
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -69,7 +69,7 @@ _UNBATCHED_RANK = {nn.InstanceNorm1d: 2, nn.InstanceNorm2d: 3, nn.InstanceNorm3d
 def _per_channel_norm(ctx, node):
     m = ctx.module(node)
     x = ctx.labels(node.args[0])
-    out = elementwise(ctx, node, [x], KEEP)
+    out = keep_zeros(ctx, node, x)
     if x is None:
         return out
     ndim = len(x.shape)
