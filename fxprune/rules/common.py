@@ -97,7 +97,20 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
                                                   for lab in operands[0].dims]))
     nd = len(out_shape)
     code = ctx.code(node)
-    tensors = [o for o in operands if isinstance(o, TensorLabels)]
+    # The tensor operands, each with its offset from the right, and the output dims that can carry
+    # channels: only one where some operand carries a label at full size (the others are untracked
+    # whatever the rest of the operands hold; most dims: batch, spatial).  One loop, no comprehensions.
+    tensors: list[TensorLabels] = []
+    aligned: list[tuple[TensorLabels, int]] = []
+    carried_dims: set[int] = set()
+    for o in operands:
+        if isinstance(o, TensorLabels):
+            offset = nd - len(o.shape)
+            tensors.append(o)
+            aligned.append((o, offset))
+            for k, lab in enumerate(o.dims):
+                if lab is not None and 0 <= k + offset < nd and o.shape[k] == out_shape[k + offset]:
+                    carried_dims.add(k + offset)
     if len(tensors) == len(operands):  # (the common case: no Python numbers among the operands)
         scalars_zero, n_scalars = True, 0
     else:
@@ -109,13 +122,8 @@ def elementwise(ctx, node, operands: Sequence[Any], mode: str, out_shape: Sequen
     if mode == DIV and (not isinstance(operands[0], TensorLabels)
                         or (len(operands) > 1 and (_is_zero_scalar(operands[1]) or _is_non_finite_scalar(operands[1])))):
         mode = CONST  # c / 0 is ±inf or nan; 0 / 0 and 0 / nan are nan
-    aligned = [(t, nd - len(t.shape)) for t in tensors]  # each operand with its offset from the right
-    # Only an output dim where some operand carries a label at full size can carry channels: the
-    # others are untracked whatever the rest of the operands hold (most dims: batch, spatial).
-    carried = sorted({k + offset for t, offset in aligned for k, lab in enumerate(t.dims)
-                      if lab is not None and 0 <= k + offset < nd and t.shape[k] == out_shape[k + offset]})
     dims: list[DimLabel | None] = [None] * nd
-    for d in carried:
+    for d in sorted(carried_dims):
         size = out_shape[d]
         present: list[DimLabel] = []
         untracked_present = False

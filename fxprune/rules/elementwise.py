@@ -121,12 +121,15 @@ def _binary(mode):
     def analyze(ctx, node):
         if not ctx.is_tensor(node):
             return _taint(ctx, node)
-        # (``h.add(other=1.0)``, ``torch.add(input=a, other=b)``: the operands by name as well)
-        operands = [ctx.value(ctx.arg(node, 0, "input")), ctx.value(ctx.arg(node, 1, "other"))]
-        for o in operands:
+        args = node.args
+        if len(args) == 2 and not node.kwargs:  # ``a * b``: most calls
+            operands = [ctx.value(args[0]), ctx.value(args[1])]
+        else:  # (``h.add(other=1.0)``, ``torch.add(input=a, other=b)``: the operands by name as well)
+            operands = [ctx.value(ctx.arg(node, 0, "input")), ctx.value(ctx.arg(node, 1, "other"))]
+        for i, o in enumerate(operands):
             if isinstance(o, SizeTaint):  # a channel count used as a tensor value
                 ctx.atoms.block(o.atoms, f"a channel count is used as a value by {ctx.describe(node)}")
-        operands = [o if not isinstance(o, SizeTaint) else 1 for o in operands]
+                operands[i] = 1
         return elementwise(ctx, node, operands, mode)
 
     analyze.handles_sizes = True  # size arithmetic: the result carries the taint on
