@@ -68,8 +68,9 @@ def _conv_channels(ctx, node, x: TensorLabels | None, w: str, b: str | None, gro
     if groups == 1:
         if in_lab is not None:
             consumed = ctx.param_atoms(w, 1, CONSUMER, like=in_lab.atoms)
-            if consumed is not in_lab.atoms:  # (adopted on first use: nothing to unify)
-                ctx.atoms.unify(in_lab.atoms, consumed, lambda: f"{ctx.describe(node)} input")
+            if consumed is not in_lab.atoms:  # (adopted on first use: nothing to unify; a shared weight is rare
+                # enough to name the node up front, and without a lambda ``ctx`` and ``node`` need no cells)
+                ctx.atoms.unify(in_lab.atoms, consumed, f"{ctx.describe(node)} input")
             require_zero(ctx, in_lab, node, "the convolution")
         else:
             ctx.block_if_shared(w, 1, node)
