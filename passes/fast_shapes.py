@@ -58,8 +58,8 @@ _IN_PLACE = {operator.iadd, operator.isub, operator.imul, operator.itruediv, "ad
              "sigmoid_"}
 # Exact classes only: a subclass may accept other inputs or change the shape (it goes to the
 # meta kernel, and repeated ones to the memo).
-_SHAPE_PRESERVING_MODULES = frozenset({
-    nn.GroupNorm, nn.LayerNorm, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+_SHAPE_PRESERVING_MODULES = frozenset({  # (GroupNorm and LayerNorm check their sizes: see _MODULE_OUTPUTS)
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
     nn.Tanh, nn.Dropout, nn.Identity, nn.LeakyReLU, nn.ELU, nn.Mish,
 })
 # Per-channel norms check their input's rank: BatchNorm2d rejects a 3-d input, and so must we.
@@ -143,14 +143,14 @@ def _adaptive_avg_output(output_size, x: torch.Tensor, spatial: int) -> torch.Te
     return _empty(shape, x.dtype)
 
 
-def _fits_norm(module: nn.Module, x: torch.Tensor) -> bool:
-    """A norm layer's parameters match the input (else the layer raises, and so must we)."""
-    if isinstance(module, nn.GroupNorm):
-        return x.shape[1] == module.num_channels
-    if isinstance(module, nn.LayerNorm):
-        n = len(module.normalized_shape)
-        return tuple(x.shape[-n:]) == tuple(module.normalized_shape)
-    return True
+def _group_norm_output(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor | None:
+    """Shape kept where the layer's channel count matches the input (else the layer raises, and so must we)."""
+    return _like(x) if x.ndim >= 2 and x.shape[1] == module.num_channels else None
+
+
+def _layer_norm_output(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor | None:
+    n = len(module.normalized_shape)
+    return _like(x) if x.ndim >= 2 and tuple(x.shape[-n:]) == tuple(module.normalized_shape) else None
 
 
 def _norm_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
@@ -162,13 +162,14 @@ def _norm_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _shape_preserving_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    return _like(x) if x.ndim >= 2 and _fits_norm(module, x) else None
+    return _like(x) if x.ndim >= 2 else None
 
 
 # Exact class -> closed form of ``module(x)``: one dict lookup per call instead of a chain of tests.
 _MODULE_OUTPUTS: dict[type, Callable[[Any, torch.Tensor], torch.Tensor | None]] = {
     **{cls: _norm_output for cls in _NORM_RANKS},
     **{cls: _shape_preserving_output for cls in _SHAPE_PRESERVING_MODULES},
+    nn.GroupNorm: _group_norm_output, nn.LayerNorm: _layer_norm_output,
     nn.Conv1d: _conv_output, nn.Conv2d: _conv_output, nn.Conv3d: _conv_output,
     nn.Linear: _linear_output,
     nn.AdaptiveAvgPool2d: lambda m, x: _adaptive_avg_output(m.output_size, x, 2),
