@@ -307,13 +307,7 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     by_group = by_group[group_of[by_group] >= 0]
     starts, ends = _runs(group_of[by_group])
 
-    # one slice per (group, parameter dim), in parameter-dim creation (graph) order
-    group_all = group_of[dims.comp_all]
-    low, high = dims.segment_min(group_all), dims.segment_max(group_all)
-    # (most arrays lie in one group whole: None stands for their one piece, every position)
-    pieces = [None if lo == hi and end > start else _split_by_group(group_all[start:end], lo, hi)
-              for start, end, lo, hi in zip(dims.starts, dims.ends, low.tolist(), high.tolist())]
-    members = _GroupMembers(dims, pieces, by_group, starts, ends, (group_all, n_groups, low, high))
+    members = _GroupMembers(dims, group_of, n_groups, by_group, starts, ends)
     first_reason = reason_id[by_group[starts]].tolist() if n_groups else []  # a group's components share a reason
     groups = [Group(g, r < 0, reason_texts[r] if r >= 0 else None, members) for g, r in enumerate(first_reason)]
     return groups, group_of
@@ -375,19 +369,32 @@ class _GroupMembers:
     """Every group's components, ``ParamSlice`` tuple and name, each built for all groups at once when
     first asked for (a listing or an optimizer needs them; the analysis itself does not)."""
 
-    def __init__(self, dims: _DimArrays, pieces: list[list[tuple[int, np.ndarray]] | None], by_group: np.ndarray,
-                 starts: list[int], ends: list[int], naming: tuple):
-        self._dims, self._pieces = dims, pieces
+    def __init__(self, dims: _DimArrays, group_of: np.ndarray, n_groups: int, by_group: np.ndarray,
+                 starts: list[int], ends: list[int]):
+        self._dims, self._group_of, self._n_groups = dims, group_of, n_groups
         self._by_group, self._starts, self._ends = by_group, starts, ends
-        self._naming = naming  # _group_names' arguments after ``dims``
-        self._low = naming[2]  # per distinct array: its smallest group (its only one where its piece is None)
+        self._arrays: tuple | None = None  # (group_all, low, high, pieces): see ``_array_groups``
         self._zigs: list[tuple[int, ...]] | None = None
         self._slices: list[tuple[ParamSlice, ...]] | None = None
         self._names: list[str] | None = None
 
+    def _array_groups(self) -> tuple:
+        """The group of every atom of every distinct array, each array's smallest and largest group,
+        and per array its pieces: ``(group, ascending positions)`` per group it holds, or None for an
+        array whole in one group (most of them)."""
+        if self._arrays is None:
+            dims = self._dims
+            group_all = self._group_of[dims.comp_all]
+            low, high = dims.segment_min(group_all), dims.segment_max(group_all)
+            pieces = [None if lo == hi and end > start else _split_by_group(group_all[start:end], lo, hi)
+                      for start, end, lo, hi in zip(dims.starts, dims.ends, low.tolist(), high.tolist())]
+            self._arrays = (group_all, low, high, pieces)
+        return self._arrays
+
     def name_of(self, group: int) -> str:
         if self._names is None:
-            self._names = _group_names(self._dims, *self._naming)
+            group_all, low, high, _ = self._array_groups()
+            self._names = _group_names(self._dims, group_all, self._n_groups, low, high)
         return self._names[group]
 
     def count(self, group: int) -> int:
@@ -402,10 +409,11 @@ class _GroupMembers:
     def slices_of(self, group: int) -> tuple[ParamSlice, ...]:
         if self._slices is None:
             slices: list[list[ParamSlice]] = [[] for _ in self._starts]
-            low = self._low.tolist()
+            _, low_groups, _, array_pieces = self._array_groups()
+            low = low_groups.tolist()  # (an array's only group where its piece is None)
             sizes = self._dims.sizes.tolist()
             for pd, j in zip(self._dims.dims, self._dims.array_of):
-                pieces = self._pieces[j]
+                pieces = array_pieces[j]
                 for g, indices in pieces if pieces is not None else [(low[j], _positions(sizes[j]))]:
                     slices[g].append(ParamSlice(pd.name, pd.dim, indices, pd.role))
             self._slices = [tuple(s) for s in slices]
