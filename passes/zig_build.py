@@ -199,7 +199,7 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     has_producer = np.zeros(n_comp, dtype=bool)
     producer_array = np.zeros(dims.num_arrays, dtype=bool)  # per distinct array: some producer dim holds it
     producer_array[[j for pd, j in zip(dims.dims, dims.array_of) if pd.role == PRODUCER]] = True
-    has_producer[dims.comp_all[producer_array[dims.array_all]]] = True
+    has_producer[dims.comp_all[np.repeat(producer_array, dims.sizes)]] = True  # (repeat: array_all's gather, cheaper)
     no_producer = (~has_producer) & (reason_id < 0)
     reason_texts.append("no parameter produces these channels (only consumers read them)")
     reason_id[no_producer] = len(reason_texts) - 1
@@ -228,6 +228,18 @@ def _layout(dims: "_DimArrays", prunable: np.ndarray, prunable_id: np.ndarray, n
     return ZigLayout(n_prunable, tuple(maps), torch.from_numpy(zig_group))
 
 
+def _fresh_runs_in_order(arrays: list[np.ndarray], table: AtomTable) -> bool:
+    """``arrays`` are runs the table made (``AtomTable.ranges``), each starting where the one before
+    ended, together covering all of the table's atoms: their concatenation is ``arange(count)``."""
+    expected = 0
+    ranges = table.ranges
+    for a in arrays:
+        if ranges.get(id(a)) != expected:
+            return False
+        expected += a.size
+    return expected == table.count
+
+
 class _DimArrays:
     """The parameter dims' atom arrays, each distinct array once, laid end to end.
 
@@ -247,8 +259,15 @@ class _DimArrays:
         self.ends = np.cumsum(sizes).tolist()
         self.starts = [e - n for e, n in zip(self.ends, sizes.tolist())]
         self.sizes = sizes
-        atoms = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
-        self.comp_all = comp[atoms]  # component of every atom of every distinct array
+        # Usually the distinct arrays are the table's fresh runs themselves, in the order they were
+        # made, and so hold every atom once, in order: then ``comp`` is already what the gather
+        # below would give, and no component lies outside every parameter dimension.
+        self.covers_all_atoms = _fresh_runs_in_order(arrays, table)
+        if self.covers_all_atoms:
+            self.comp_all = comp
+        else:
+            atoms = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+            self.comp_all = comp[atoms]  # component of every atom of every distinct array
         self.array_all = np.repeat(np.arange(self.num_arrays, dtype=np.int64), sizes)
 
     def segment_max(self, values: np.ndarray) -> np.ndarray:
@@ -283,19 +302,23 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     np.add.at(array_key, np.asarray(dims.array_of, dtype=np.int64), key_hash[: len(dims.dims)])
     # Each (array, component) pair once: an array may hold several atoms of one component.
     distinct = _distinct_by_array(dims.array_all * max(n_comp, 1) + dims.comp_all, dims.array_all)
-    comps, arrays = (dims.comp_all, dims.array_all) if distinct is None else \
-        (dims.comp_all[distinct], dims.array_all[distinct])
+    if distinct is None:  # (every (array, component) pair once already: keys per atom by repeating per array)
+        comps, keys = dims.comp_all, np.repeat(array_key, dims.sizes)
+    else:
+        comps, keys = dims.comp_all[distinct], array_key[dims.array_all[distinct]]
     signature = reason_hash[reason_id + 1]
-    np.add.at(signature, comps, array_key[arrays])  # uint64 wraps
+    np.add.at(signature, comps, keys)  # uint64 wraps
     # Atoms of no parameter dim (a dimension nothing gave a channel meaning, see channel_analysis)
     # slice nothing: they form no group.
-    has_dim = np.zeros(n_comp, dtype=bool)
-    has_dim[dims.comp_all] = True
-    orphan = ~has_dim
-    if orphan.any():
+    orphan = None  # (none where the arrays hold every atom)
+    if not dims.covers_all_atoms:
+        has_dim = np.zeros(n_comp, dtype=bool)
+        has_dim[dims.comp_all] = True
+        orphan = ~has_dim if not has_dim.all() else None
+    if orphan is not None:
         signature[orphan] = _random_keys(1, stream=2)[0]
     group_of, n_groups = _number_by_first_occurrence(signature)  # groups in order of their first component
-    if orphan.any():
+    if orphan is not None:
         orphan_group = int(group_of[orphan][0])
         group_of = np.where(orphan, -1, group_of - (group_of > orphan_group))
         n_groups -= 1
