@@ -11,10 +11,18 @@ the two ``totals`` lines, divided by that number, is the instruction count of on
 of a fresh trace (shape propagation, channel analysis and ZIG grouping, garbage collection
 included).  A fixed hash seed keeps dict and set layouts, and so the counts, the same from
 run to run.
+
+Between two versions of the code the counts also move with where the collector's
+collections happen to fall: a code change that allocates a little differently can move a
+generation-1 collection into or out of the analyses, a shift of a few million
+instructions.  ``--no-gc`` pauses the collector from the warm-up on, in both runs, so the
+difference is the analyses' own work; compare versions with it, and count collections
+separately.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -40,11 +48,16 @@ def main(argv=None):
     parser.add_argument("--model", default="mobilenet_v3_small", help="a torchvision classifier name")
     parser.add_argument("--analyses", type=int, default=5, help="fresh traces to analyse after the warm-up")
     parser.add_argument("--traces", type=int, default=6, help="traces made in every run (more than --analyses)")
+    parser.add_argument("--no-gc", action="store_true",
+                        help="pause the garbage collector from the warm-up on, in both runs (see above)")
     args = parser.parse_args(argv)
     if not 0 <= args.analyses < args.traces:
         parser.error(f"--analyses must lie in [0, --traces), got {args.analyses} with --traces {args.traces}")
     model, x = zoo.build(args.model), zoo.example_input(args.model, False)
     traces = [symbolic_trace(model, None, None) for _ in range(args.traces)]  # as many in every run
+    if args.no_gc:
+        gc.collect()
+        gc.disable()
     groups = analyse(traces[0], x)  # warm-up: first-call costs (caches, lazy imports) in both runs
     for graph_module in traces[1:1 + args.analyses]:
         assert analyse(graph_module, x) == groups
