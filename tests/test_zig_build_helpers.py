@@ -1,5 +1,6 @@
 """The array helpers of passes/zig_build.py against plain definitions of what they compute."""
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,3 +94,28 @@ def test_components_with_whole_runs_equal_plain_union_find(sizes, data):
     assert np.array_equal(connected_components(table.count, edges, table.ranges, table.block_heads), expected)
     assert np.array_equal(connected_components(table.count, edges, table.ranges), expected)
     assert np.array_equal(connected_components(table.count, edges), expected)
+
+
+def _zig_summary(zigs):
+    """Everything a ZigIndex tells, as plain values."""
+    groups = [(g.name, g.prunable, g.reason, g.channels, g.zigs,
+               [(s.name, s.dim, s.indices.tolist(), s.role) for s in g.slices]) for g in zigs.groups]
+    layout = [(m.name, m.dim, m.zig.tolist(), m.role) for m in zigs.layout.maps]
+    return (zigs.atom_zig.tolist(), zigs.prunable.tolist(), zigs.reason_id.tolist(), zigs.reason_texts, groups,
+            layout, zigs.layout.zig_group.tolist())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "regnet_x_400mf"])
+def test_grouping_of_in_order_runs_equals_the_general_path(name, monkeypatch):
+    """Where every parameter dimension's atoms are the table's fresh runs in order, grouping takes a
+    short cut (no gather of components); the general path must give the same ZIGs, groups and layout."""
+    from fxprune import zoo
+    from passes import zig_build
+
+    model, x = zoo.build(name), zoo.example_input(name, True)
+    table = fxprune.trace(model, x)._table
+    fast = zig_build.build_zigs(table)
+    arrays = {id(pd.atoms): pd.atoms for pd in table.param_dims.values()}
+    assert zig_build._fresh_runs_in_order(list(arrays.values()), table)  # (the short cut is taken)
+    monkeypatch.setattr(zig_build, "_fresh_runs_in_order", lambda arrays, table: False)
+    assert _zig_summary(zig_build.build_zigs(table)) == _zig_summary(fast)
