@@ -57,8 +57,7 @@ class AtomTable:
     def new(self, k: int) -> np.ndarray:
         # a view of one shared read-only arange: atom arrays are shared and their properties cached,
         # never edited in place (and a view costs a fraction of a new arange)
-        end = self.count + k
-        atoms = (_COUNTING if _COUNTING.size >= end else _counting(end))[self.count:end]
+        atoms = _counting(self.count + k)[self.count:self.count + k]
         self._fresh.append(atoms)
         self.ranges[id(atoms)] = self.count
         self.count += k
@@ -187,7 +186,7 @@ class AnalysisContext:
         a module called from many nodes (a shared activation) is looked at once."""
         facts = self._module_facts.get(target)
         if facts is None:
-            module = self._modules.get(target)
+            module = self._modules.get(target)  # (as in ``module``)
             if module is None:
                 module = self.module_at(target)
             cls = type(module)
@@ -200,7 +199,7 @@ class AnalysisContext:
         return facts
 
     def module(self, node: fx.Node) -> nn.Module:
-        m = self._modules.get(node.target)
+        m = self._modules.get(node.target)  # (``module_at``'s first step inline: rules ask per node)
         return m if m is not None else self.module_at(node.target)
 
     def module_at(self, target: str) -> nn.Module:
@@ -240,9 +239,9 @@ class AnalysisContext:
         # with ties, every name resolved up front: param_atoms asks once per parameter dimension
         self._canonical_by_name: dict[str, str] = {}
         self._canonical: dict[int, str] | None = None  # built on first need: most models tie nothing
-        if len(set(map(id, self._named_tensors.values()))) == len(self._named_tensors):
-            return  # the common case: no tensor under two names
-        tensor_ids = [id(t) for t in self._named_tensors.values()]
+        tensor_ids = list(map(id, self._named_tensors.values()))
+        if len(set(tensor_ids)) == len(tensor_ids):  # the common case: no tensor under two names
+            return
         canonical = self._first_names()
         self._canonical_by_name = {n: canonical[id(t)] for n, t in self._named_tensors.items()}
         names_per_tensor: dict[int, int] = {}

@@ -212,12 +212,12 @@ class _RecordingInterpreter:
 
     def call_module_on(self, target: str, x: Any) -> Any:
         """``call_module`` of one positional input and no keywords (most module calls)."""
-        module = self._modules.get(target)
-        if module is not None and isinstance(x, torch.Tensor) and not has_forward_hooks(module):
+        module = self._module(target)
+        if isinstance(x, torch.Tensor) and not has_forward_hooks(module):
             shortcut = fast_shapes.module_output_of(module, x)
             if shortcut is not None:
                 return shortcut
-        return self.call_module(target, (x,), {})
+        return self._run_module(target, module, (x,), {})
 
     def call_module(self, target, args, kwargs):
         module = self._module(target)
@@ -225,6 +225,10 @@ class _RecordingInterpreter:
             shortcut = fast_shapes.module_output(module, args, kwargs)
             if shortcut is not None:
                 return shortcut
+        return self._run_module(target, module, args, kwargs)
+
+    def _run_module(self, target, module, args, kwargs):
+        """A module call no closed form covers: a memoised result, else its meta twin run (or the module for real)."""
         key = self._memo.key_for_module(module, args, kwargs)
         result = self._memo.lookup(key)
         if result is not None:

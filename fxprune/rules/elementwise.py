@@ -95,7 +95,7 @@ def _clamp(ctx, node):
 
 @RULES.module(nn.PReLU)
 def _prelu(ctx, node):
-    out = elementwise(ctx, node, [ctx.value(node.args[0])], KEEP)
+    out = keep_zeros(ctx, node, ctx.value(node.args[0]))
     m = ctx.module(node)
     x = ctx.labels(node.args[0])
     if m.num_parameters > 1 and x is not None and x.ndim > 1 and x.dims[1] is not None:
@@ -204,7 +204,7 @@ def _where(ctx, node):
 @RULES.function(torch.zeros_like)
 def _zeros_like(ctx, node):
     """Zeros shaped like the input: its channel dims, every entry exactly zero."""
-    out = elementwise(ctx, node, [ctx.value(node.args[0])], KEEP)
+    out = keep_zeros(ctx, node, ctx.value(node.args[0]))
     return set_nonzero(out, range(len(out.shape)), 0)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from fxprune.labels import TensorLabels
 from fxprune.layout import BUFFER, PRODUCER
 
-from .common import KEEP, block_dims, elementwise, keep_zeros, set_nonzero, stored_or_absent
+from .common import block_dims, keep_zeros, set_nonzero, stored_or_absent
 from .registry import RULES
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -104,7 +104,7 @@ def _norm_groups(ctx, node, x: TensorLabels | None, num_groups: int, scale_shift
 
     ``scale_shift``: the names of the stored per-channel scale and shift that are present.
     """
-    out = elementwise(ctx, node, [x], KEEP)
+    out = keep_zeros(ctx, node, x)
     if x is None or x.dims[1] is None:
         return out
     _block_statistics_dims(ctx, node, x, 1)
@@ -149,7 +149,7 @@ def _functional_batch_norm(ctx, node):
     tensors = {k: ctx.arg(node, i + 1, k) for i, k in enumerate(names)}
     if x is None or x.ndim < 2 or not stored_or_absent(*tensors.values()):
         return unknown_op(ctx, node)
-    out = elementwise(ctx, node, [x], KEEP)
+    out = keep_zeros(ctx, node, x)
     _block_statistics_dims(ctx, node, x, 1)
     lab = x.dims[1]
     if lab is None:
