@@ -17,7 +17,7 @@ import torch
 
 from fxprune.layout import PRODUCER, SliceMap, ZigLayout
 
-from .channel_analysis import AtomTable
+from .channel_analysis import AtomTable, _counting
 
 
 def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]],
@@ -188,29 +188,111 @@ class ZigIndex:
 
 
 def build_zigs(table: AtomTable) -> ZigIndex:
+    dims = _DimArrays(table)
+    if dims.covers_all_atoms:
+        zigs = _zigs_of_tied_runs(table, dims)
+        if zigs is not None:
+            return zigs
     comp = connected_components(table.count, table.edges, table.ranges, table.block_heads)
+    dims.set_components(comp)
     n_comp = int(comp.max()) + 1 if comp.size else 0
     # the first barrier that touched a component names the reason (later blocks written first)
-    reason_id = np.full(n_comp, -1, dtype=np.int64)
-    reason_texts = [reason for _, reason in table.blocks]
-    for i in range(len(table.blocks) - 1, -1, -1):
-        reason_id[comp[table.blocks[i][0]]] = i
-    dims = _DimArrays(table, comp)
+    reason_id, reason_texts = _reasons(table, comp, n_comp)
     has_producer = np.zeros(n_comp, dtype=bool)
     producer_array = np.zeros(dims.num_arrays, dtype=bool)  # per distinct array: some producer dim holds it
     producer_array[[j for pd, j in zip(dims.dims, dims.array_of) if pd.role == PRODUCER]] = True
     has_producer[dims.comp_all[np.repeat(producer_array, dims.sizes)]] = True  # (repeat: array_all's gather, cheaper)
-    no_producer = (~has_producer) & (reason_id < 0)
-    reason_texts.append("no parameter produces these channels (only consumers read them)")
-    reason_id[no_producer] = len(reason_texts) - 1
+    reason_texts.append(_NO_PRODUCER)
+    reason_id[(~has_producer) & (reason_id < 0)] = len(reason_texts) - 1
+    groups, group_of = _group_zigs(dims, n_comp, reason_id, reason_texts)
+    return _zig_index(comp, reason_id, reason_texts, groups, dims, group_of)
+
+
+_NO_PRODUCER = "no parameter produces these channels (only consumers read them)"
+
+
+def _reasons(table: AtomTable, comp: np.ndarray, n_comp: int) -> tuple[np.ndarray, list[str]]:
+    """Per component, the index of the first barrier that touched it (-1 for none), and the texts."""
+    reason_id = np.full(n_comp, -1, dtype=np.int64)
+    reason_texts = [reason for _, reason in table.blocks]
+    for i in range(len(table.blocks) - 1, -1, -1):  # (later blocks written first: the first one wins)
+        reason_id[comp[table.blocks[i][0]]] = i
+    return reason_id, reason_texts
+
+
+def _zig_index(comp: np.ndarray, reason_id: np.ndarray, reason_texts: list[str], groups: list[Group],
+               dims: "_DimArrays", group_of: np.ndarray) -> ZigIndex:
+    n_comp = reason_id.size
     prunable = reason_id < 0
     n_prunable = int(prunable.sum())
     prunable_id = np.full(n_comp, -1, dtype=np.int64)
     prunable_id[prunable] = np.arange(n_prunable)
-
-    groups, group_of = _group_zigs(dims, n_comp, reason_id, reason_texts)
     return ZigIndex(comp, n_comp, prunable, reason_id, tuple(reason_texts), prunable_id, tuple(groups), n_prunable,
                     dims, group_of)
+
+
+def _zigs_of_tied_runs(table: AtomTable, dims: "_DimArrays") -> ZigIndex | None:
+    """``build_zigs`` where every edge ties two whole parameter-dim arrays of one size (the table's
+    fresh runs, ``dims.covers_all_atoms``), and every barrier covers whole components of one class: the
+    common case (plain and residual CNNs).  None where that does not hold.
+
+    Then the runs fall into classes tied position by position; a class's components are the
+    positions of its first run, numbered in order of that run's first atom, so the component of
+    every atom follows from one offset per run.  All of a class's components touch the same
+    parameter dims and have one reason: each class with atoms is one group, and the grouping
+    needs a handful of Python steps per run instead of array work per atom.
+    """
+    index, sizes = dims.index, dims.size_list
+    parent = list(range(dims.num_arrays))  # per run: a run of its class with a smaller index
+    for a, b in table.edges:
+        i, j = index.get(id(a)), index.get(id(b))  # (ids of live arrays: each names one array)
+        if i is None or j is None or sizes[i] != sizes[j]:
+            return None  # a slice, a shuffle or a block pattern of a run: the general path
+        while parent[i] != i:
+            i = parent[i]
+        while parent[j] != j:
+            j = parent[j]
+        if i != j:
+            parent[max(i, j)] = min(i, j)
+    offsets, shift = [], []  # per run: its class's first component; its first atom minus that
+    first, counts, class_runs = [], [], []  # per class with atoms, in order: first component, size, first run
+    n_comp = 0
+    for j, (start, size) in enumerate(zip(dims.starts, sizes)):
+        top = parent[j]
+        if top == j:
+            offset = n_comp
+            n_comp += size
+            if size:
+                first.append(offset)
+                counts.append(size)
+                class_runs.append(j)
+        else:
+            top = parent[j] = parent[top]  # (its class's first run: each parent is already final)
+            offset = offsets[top]
+        offsets.append(offset)
+        shift.append(start - offset)
+    comp = _counting(table.count)[:table.count] - np.repeat(np.asarray(shift, dtype=np.int64), dims.sizes)
+    dims.set_components(comp)
+    reason_id, reason_texts = _reasons(table, comp, n_comp)
+    if table.blocks:  # every change of reason must fall where a class begins
+        changes = (np.flatnonzero(reason_id[1:] != reason_id[:-1]) + 1).tolist()
+        if not set(changes).issubset(first):
+            return None
+    has_producer = [False] * dims.num_arrays  # per class's first run
+    for pd, j in zip(dims.dims, dims.array_of):
+        if pd.role == PRODUCER:
+            has_producer[parent[j]] = True
+    reason_texts.append(_NO_PRODUCER)
+    class_reason = reason_id[first].tolist() if first else []
+    for g, j in enumerate(class_runs):
+        if not has_producer[j] and class_reason[g] < 0:
+            class_reason[g] = len(reason_texts) - 1
+            reason_id[first[g]:first[g] + counts[g]] = class_reason[g]
+    ends = [c + n for c, n in zip(first, counts)]
+    group_of = np.repeat(np.arange(len(first), dtype=np.int64), counts)
+    members = _GroupMembers(dims, group_of, len(first), np.arange(n_comp, dtype=np.int64), first, ends)
+    groups = [Group(g, r < 0, reason_texts[r] if r >= 0 else None, members) for g, r in enumerate(class_reason)]
+    return _zig_index(comp, reason_id, reason_texts, groups, dims, group_of)
 
 
 def _layout(dims: "_DimArrays", prunable: np.ndarray, prunable_id: np.ndarray, n_prunable: int,
@@ -248,27 +330,36 @@ class _DimArrays:
     handful of whole-array numpy calls instead of several calls per dim.
     """
 
-    def __init__(self, table: AtomTable, comp: np.ndarray):
+    def __init__(self, table: AtomTable):
         self.dims = list(table.param_dims.values())
         by_id = {id(pd.atoms): pd.atoms for pd in self.dims}  # (in order of first use: a repeat keeps its place)
         arrays = list(by_id.values())
-        index = {key: j for j, key in enumerate(by_id)}
-        self.array_of: list[int] = [index[id(pd.atoms)] for pd in self.dims]  # per dim: its distinct array
+        self.index = {key: j for j, key in enumerate(by_id)}  # array id -> its position among the distinct arrays
+        self.array_of: list[int] = [self.index[id(pd.atoms)] for pd in self.dims]  # per dim: its distinct array
         self.num_arrays = len(arrays)
-        sizes = np.array([a.size for a in arrays], dtype=np.int64)
+        self.size_list = [a.size for a in arrays]
+        sizes = np.array(self.size_list, dtype=np.int64)
         self.ends = np.cumsum(sizes).tolist()
-        self.starts = [e - n for e, n in zip(self.ends, sizes.tolist())]
+        self.starts = [e - n for e, n in zip(self.ends, self.size_list)]
         self.sizes = sizes
         # Usually the distinct arrays are the table's fresh runs themselves, in the order they were
-        # made, and so hold every atom once, in order: then ``comp`` is already what the gather
-        # below would give, and no component lies outside every parameter dimension.
+        # made, and so hold every atom once, in order: then the component of every atom of every
+        # array is ``comp`` itself (no gather), and no component lies outside every parameter dimension.
         self.covers_all_atoms = _fresh_runs_in_order(arrays, table)
+        self._arrays = arrays
+        self.comp_all: np.ndarray | None = None
+
+    def set_components(self, comp: np.ndarray) -> None:
         if self.covers_all_atoms:
             self.comp_all = comp
         else:
-            atoms = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+            atoms = np.concatenate(self._arrays) if self._arrays else np.zeros(0, dtype=np.int64)
             self.comp_all = comp[atoms]  # component of every atom of every distinct array
-        self.array_all = np.repeat(np.arange(self.num_arrays, dtype=np.int64), sizes)
+
+    @cached_property
+    def array_all(self) -> np.ndarray:
+        """The distinct array of every atom of every distinct array."""
+        return np.repeat(np.arange(self.num_arrays, dtype=np.int64), self.sizes)
 
     def segment_max(self, values: np.ndarray) -> np.ndarray:
         """Per distinct array: the largest of ``values`` over its atoms (-1 for an empty array)."""

@@ -1,10 +1,13 @@
 """The array helpers of passes/zig_build.py against plain definitions of what they compute."""
+import unittest.mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fxprune  # noqa: F401  (the package first: passes.zig_build is imported through it)
+from fxprune.layout import BUFFER, CONSUMER, PRODUCER
 from passes.channel_analysis import AtomTable
 from passes.zig_build import _distinct_by_array, _first_and_inverse, _number_by_first_occurrence, connected_components
 
@@ -119,3 +122,75 @@ def test_grouping_of_in_order_runs_equals_the_general_path(name, monkeypatch):
     assert zig_build._fresh_runs_in_order(list(arrays.values()), table)  # (the short cut is taken)
     monkeypatch.setattr(zig_build, "_fresh_runs_in_order", lambda arrays, table: False)
     assert _zig_summary(zig_build.build_zigs(table)) == _zig_summary(fast)
+
+
+def _tied_runs_taken(monkeypatch) -> list[bool]:
+    """Record, per ``build_zigs`` call, whether the tied-runs short cut gave the answer."""
+    from passes import zig_build
+
+    taken: list[bool] = []
+    short_cut = zig_build._zigs_of_tied_runs
+
+    def spy(table, dims):
+        zigs = short_cut(table, dims)
+        taken.append(zigs is not None)
+        return zigs
+
+    monkeypatch.setattr(zig_build, "_zigs_of_tied_runs", spy)
+    return taken
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"])
+def test_grouping_of_tied_runs_equals_the_general_path(name, monkeypatch):
+    """Where every edge ties whole runs, ZIGs and groups are found run by run (``_zigs_of_tied_runs``);
+    the general path (components by hooking, groups by signature) must give the same ZIGs, groups,
+    reasons and layout."""
+    from fxprune import zoo
+    from passes import zig_build
+
+    model, x = zoo.build(name), zoo.example_input(name, True)
+    table = fxprune.trace(model, x)._table
+    taken = _tied_runs_taken(monkeypatch)
+    fast = zig_build.build_zigs(table)
+    assert taken == [True]
+    monkeypatch.setattr(zig_build, "_zigs_of_tied_runs", lambda table, dims: None)
+    assert _zig_summary(zig_build.build_zigs(table)) == _zig_summary(fast)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 4), min_size=1, max_size=7), data=st.data())
+def test_tied_runs_short_cut_equals_the_general_path(sizes, data):
+    """Random tables: runs (empty ones too), each the atoms of one or more parameter dims with random
+    roles (some runs without a producer), whole-run ties, barriers on whole runs or on parts of them,
+    and now and then an edge the short cut does not take (a slice of a run).  Where the short cut answers,
+    it equals the general path; where it declines, ``build_zigs`` still does."""
+    from passes import zig_build
+    from passes.channel_analysis import ParamDim
+
+    table = AtomTable()
+    runs = [table.new(k) for k in sizes]
+    for r, atoms in enumerate(runs):
+        for d in range(data.draw(st.integers(1, 3))):  # (a norm's scale, shift and statistics share one array)
+            role = data.draw(st.sampled_from([PRODUCER, CONSUMER, BUFFER]))
+            table.param_dims[(f"p{r}.{d}", 0)] = ParamDim(f"p{r}.{d}", 0, atoms, role, role == BUFFER)
+    for _ in range(data.draw(st.integers(0, 8))):
+        a = runs[data.draw(st.integers(0, len(runs) - 1))]
+        b = runs[data.draw(st.integers(0, len(runs) - 1))]
+        if a.size == b.size and a.size:
+            table.unify(a, b, "")
+    for _ in range(data.draw(st.integers(0, 3))):
+        atoms = runs[data.draw(st.integers(0, len(runs) - 1))]
+        if data.draw(st.booleans()):
+            atoms = atoms[: data.draw(st.integers(0, atoms.size))]  # part of a run
+        table.block(atoms, f"reason {len(table.blocks)}")
+    if data.draw(st.integers(0, 9)) == 0:
+        a = runs[data.draw(st.integers(0, len(runs) - 1))]
+        table.unify(a[:1], a[-1:], "")  # not a whole run: the general path
+    dims = zig_build._DimArrays(table)
+    assert dims.covers_all_atoms
+    fast = zig_build._zigs_of_tied_runs(table, dims)
+    with unittest.mock.patch.object(zig_build, "_zigs_of_tied_runs", lambda table, dims: None):
+        general = zig_build.build_zigs(table)
+    assert _zig_summary(zig_build.build_zigs(table)) == _zig_summary(general)
+    if fast is not None:
+        assert _zig_summary(fast) == _zig_summary(general)
