@@ -26,6 +26,7 @@ from .module_walk import walk_modules
 
 META_KEY = "fxprune.channels"
 _MAY_ALIAS: dict[type, bool] = {}  # module class -> whether a call may return its input itself (static)
+_UNSEEN = object()  # (a module name not looked up yet; None is a module without a rule)
 
 
 @dataclass(slots=True)
@@ -140,7 +141,7 @@ class AnalysisContext:
         self._uses: dict[str, int] | None = None
         self._descriptions: dict[fx.Node, str] = {}
         self._modules: dict[str, nn.Module] = {}
-        self._module_facts: dict[str, tuple[Any, bool, bool]] = {}
+        self._module_rules: dict[str, Any] = {}
         self._index_tensors(modules)  # every rule reads modules or tensors: index them once, up front
 
     # -- reading the node --------------------------------------------------
@@ -180,23 +181,15 @@ class AnalysisContext:
             text = self._descriptions[node] = describe_node(self.gm, node, self.module(node) if node.op == "call_module" else None)
         return text
 
-    def module_facts(self, target: str) -> tuple[Any, bool, bool]:
-        """For the module at ``target``: its channel rule, whether it writes its input in place,
-        and whether it may return its input itself (see passes/aliasing.py).  Once per module name:
-        a module called from many nodes (a shared activation) is looked at once."""
-        facts = self._module_facts.get(target)
-        if facts is None:
-            module = self._modules.get(target)  # (as in ``module``)
-            if module is None:
-                module = self.module_at(target)
-            cls = type(module)
-            may_alias = _MAY_ALIAS.get(cls)
-            if may_alias is None:
-                may_alias = _MAY_ALIAS[cls] = issubclass(cls, ALIASING_MODULES)
-            # vars(): nn.Module.__getattr__ would build an AttributeError for a module without ``inplace``
-            facts = self._module_facts[target] = (RULES.lookup_module(module), vars(module).get("inplace", False) is True,
-                                                  may_alias)
-        return facts
+    def module_rule(self, target: str, module: nn.Module) -> Any:
+        """The channel rule for a call of ``module`` (at ``target``), looked up once per module name: a
+        module called from many nodes (a shared activation) is looked at once.  (Only the rule is kept,
+        an object that exists anyway: a record per module would outlive the analysis, and what outlives
+        it is what the garbage collector has to walk.)"""
+        rule = self._module_rules.get(target, _UNSEEN)
+        if rule is _UNSEEN:
+            rule = self._module_rules[target] = RULES.lookup_module(module)
+        return rule
 
     def module(self, node: fx.Node) -> nn.Module:
         m = self._modules.get(node.target)  # (``module_at``'s first step inline: rules ask per node)
@@ -472,8 +465,16 @@ def analyze_channels(gm: fx.GraphModule, modules: dict[str, nn.Module] | None = 
             result = _output(ctx, node)
         else:
             if op == "call_module":
-                rule, in_place, may_alias = ctx.module_facts(node.target)
-                mutated = node.args[0] if in_place and node.args and isinstance(node.args[0], fx.Node) else None
+                module = ctx.module(node)
+                rule = ctx.module_rule(node.target, module)
+                # whether it writes its input in place, and may return its input itself (passes/aliasing.py);
+                # vars(): nn.Module.__getattr__ would build an AttributeError for a module without ``inplace``
+                if vars(module).get("inplace", False) is True and node.args and isinstance(node.args[0], fx.Node):
+                    mutated = node.args[0]
+                cls = type(module)
+                may_alias = _MAY_ALIAS.get(cls)
+                if may_alias is None:
+                    may_alias = _MAY_ALIAS[cls] = issubclass(cls, ALIASING_MODULES)
             else:
                 rule = RULES.lookup(node, gm)
                 mutated = mutated_input(node, ctx.module)
