@@ -11,7 +11,8 @@ from tabulate import tabulate
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from passes.channel_analysis import AtomTable, analyze_channels, fetch_attr
+from passes.atom_table import AtomTable
+from passes.channel_analysis import analyze_channels, fetch_attr
 from passes.module_walk import walk_modules
 from passes.shape_prop import propagate_shapes
 from passes.slice_rewrite import build_compact, copy_module, rescue_empty_dims
@@ -84,7 +85,7 @@ class PruneSpace:
 
     def reasons_for(self, name: str, dim: int = 0) -> list[str | None]:
         """Per index along ``dim`` of parameter ``name``: None if in a prunable ZIG, else why not."""
-        pd = self._table.param_dims.get((name, dim))
+        pd = self._table.param_dim(name, dim)
         if pd is None:
             try:
                 size = int(self._tensor(name).shape[dim])

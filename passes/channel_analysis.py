@@ -6,8 +6,7 @@ barriers with their reasons, and the parameter slices each atom owns).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,117 +15,18 @@ from torch import nn
 
 from fxprune.errors import InputError, TraceError
 from fxprune.labels import DimLabel, SizeTaint, TensorLabels
-from fxprune.layout import BUFFER, CONSUMER, PRODUCER
+from fxprune.layout import CONSUMER, PRODUCER
 from fxprune.rules import RULES
 from fxprune.rules.common import call_arg
 from fxprune.rules.registry import hidden_behaviour
 
+from .atom_table import AtomTable
 from .aliasing import ALIASING_MODULES, AliasClasses, aliased_inputs, mutated_input, read_after
 from .module_walk import walk_modules
 
 META_KEY = "fxprune.channels"
 _MAY_ALIAS: dict[type, bool] = {}  # module class -> whether a call may return its input itself (static)
 _UNSEEN = object()  # (a module name not looked up yet; None is a module without a rule)
-
-
-@dataclass(slots=True)
-class ParamDim:
-    """The atoms of one dimension of one parameter or buffer."""
-
-    name: str
-    dim: int
-    atoms: np.ndarray
-    role: str | None  # PRODUCER / CONSUMER / BUFFER; None until a rule says (then PRODUCER)
-    is_buffer: bool
-
-
-@dataclass
-class AtomTable:
-    count: int = 0
-    edges: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    blocks: list[tuple[np.ndarray, str]] = field(default_factory=list)
-    param_dims: dict[tuple[str, int], ParamDim] = field(default_factory=dict)
-
-    # the arrays ``new`` made, by id: their first atom; each is a whole run of fresh atoms.  ``_fresh``
-    # holds the arrays, so no other object can take one of these ids while the table lives.
-    ranges: dict[int, int] = field(default_factory=dict)
-    # arrays ``unify_in_blocks`` made, by id: (the array, its block size k)
-    block_heads: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
-    _fresh: list[np.ndarray] = field(default_factory=list)
-    _tracked: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)
-
-    def new(self, k: int) -> np.ndarray:
-        # a view of one shared read-only arange: atom arrays are shared and their properties cached,
-        # never edited in place (and a view costs a fraction of a new arange)
-        atoms = _counting(self.count + k)[self.count:self.count + k]
-        self._fresh.append(atoms)
-        self.ranges[id(atoms)] = self.count
-        self.count += k
-        return atoms
-
-    def all_tracked(self, atoms: np.ndarray) -> bool:
-        """No untracked (-1) atom in ``atoms``; known for fresh runs, cached per read-only array,
-        as a norm's four tensors and every unify ask about the same few arrays."""
-        key = id(atoms)
-        if key in self.ranges:
-            return True
-        cached = self._tracked.get(key)
-        if cached is not None and cached[0] is atoms:
-            return cached[1]
-        tracked = atoms.size == 0 or bool(atoms.min() >= 0)
-        if not atoms.flags.writeable:  # (only arrays nobody can edit; the entry holds the array, so its id stays unique)
-            self._tracked[key] = (atoms, tracked)
-        return tracked
-
-    def unify_in_blocks(self, atoms: np.ndarray, k: int, reason: str) -> None:
-        """Atoms in consecutive blocks of ``k`` must be pruned together (a conv group's output channels).
-
-        The edge pairs each atom with its block's first; ZIG building unions such an edge on
-        a whole run of fresh atoms in closed form (``zig_build.connected_components``)."""
-        heads = np.repeat(atoms[::k], k)[:atoms.size]  # (a last block may be short)
-        heads.flags.writeable = False
-        self.block_heads[id(heads)] = (heads, k)
-        self.unify(atoms, heads, reason)
-
-    def block(self, atoms: np.ndarray, reason: str) -> None:
-        atoms = np.asarray(atoms, dtype=np.int64).ravel()
-        atoms = atoms[atoms >= 0]
-        if atoms.size:
-            self.blocks.append((atoms, reason))
-
-    def unify(self, a: np.ndarray, b: np.ndarray, reason_if_untracked: str | Callable[[], str]) -> None:
-        """Atoms at equal positions of ``a`` and ``b`` must be pruned together.
-
-        ``reason_if_untracked`` may be a function that makes the text: it is only needed
-        where one side is untracked, and most unions have none."""
-        if a is b:  # a parameter dim that adopted these atoms (see ``AnalysisContext.param_atoms``)
-            return
-        if type(a) is not np.ndarray or a.ndim != 1 or a.dtype != np.int64:
-            a = np.asarray(a, dtype=np.int64).ravel()
-        if type(b) is not np.ndarray or b.ndim != 1 or b.dtype != np.int64:
-            b = np.asarray(b, dtype=np.int64).ravel()
-        if a.size and self.all_tracked(a) and self.all_tracked(b):  # the common case: every position tracked on both sides
-            self.edges.append((a, b))
-            return
-        both = (a >= 0) & (b >= 0)
-        if both.any():
-            self.edges.append((a[both], b[both]))
-        # a channel aligned with an untracked element cannot be removed alone
-        alone = np.concatenate([a[(a >= 0) & (b < 0)], b[(b >= 0) & (a < 0)]])
-        if alone.size:
-            self.block(alone, reason_if_untracked() if callable(reason_if_untracked) else reason_if_untracked)
-
-
-def _counting(n: int) -> np.ndarray:
-    """A read-only ``arange`` of at least ``n`` int64s, shared by every atom table (grown by doubling)."""
-    global _COUNTING
-    if _COUNTING.size < n:
-        _COUNTING = np.arange(max(n, 2 * _COUNTING.size), dtype=np.int64)
-        _COUNTING.flags.writeable = False
-    return _COUNTING
-
-
-_COUNTING = np.zeros(0, dtype=np.int64)
 
 
 class AnalysisContext:
@@ -296,21 +196,20 @@ class AnalysisContext:
             is_buffer = self.is_buffer(name)
         else:  # the common case: a registered name, its tensor's only one
             is_buffer = name in self._buffer_names
-        key = (name, dim)
         table = self.atoms
-        pd = table.param_dims.get(key)
-        if pd is None:
+        key = name if dim == 0 else (name, dim)  # (``AtomTable.dim_key`` inline: once per tensor dimension read)
+        j = table._dim_position.get(key)
+        if j is None:
             size = tensor.shape[dim]
             # (a fresh run, the usual ``like``, is known tracked by its id: no call needed)
             adopt = like is not None and like.ndim == 1 and like.shape[0] == size and (
                 id(like) in table.ranges or table.all_tracked(like))
             atoms = like if adopt else table.new(size)
-            pd = table.param_dims[key] = ParamDim(name, dim, atoms, BUFFER if is_buffer else role, is_buffer)
-        elif pd.is_buffer:
-            pass
-        elif role == PRODUCER or (role == CONSUMER and pd.role is None):
-            pd.role = role  # a producer use anywhere makes the slice part of x_g
-        return pd.atoms
+            table.add_dim(key, name, dim, atoms, role, is_buffer)
+            return atoms
+        if not table.dim_is_buffer[j] and (role == PRODUCER or (role == CONSUMER and table.dim_roles[j] is None)):
+            table.dim_roles[j] = role  # a producer use anywhere makes the slice part of x_g
+        return table.dim_atoms[j]
 
     def all_tracked(self, atoms: np.ndarray) -> bool:
         """No untracked (-1) atom in ``atoms`` (see ``AtomTable.all_tracked``)."""
@@ -516,21 +415,21 @@ def analyze_channels(gm: fx.GraphModule, modules: dict[str, nn.Module] | None = 
                     for a in stale:
                         ctx.block_value(ctx.env.get(a), reason)
             ctx.env[mutated] = result  # later readers of the mutated tensor see the op's output
-    roleless = [key for key, pd in ctx.atoms.param_dims.items() if pd.role is None]
+    table = ctx.atoms
+    roleless = [j for j, role in enumerate(table.dim_roles) if role is None]
     if roleless:  # (rare: most dimensions get a role from the rule that reads them)
-        _drop_unclaimed(ctx.atoms, roleless)
-        for key in roleless:
-            pd = ctx.atoms.param_dims.get(key)
-            if pd is not None:
-                pd.role = PRODUCER
-    return ctx.atoms
+        for j in roleless:
+            table.dim_roles[j] = PRODUCER
+        _drop_unclaimed(table, roleless)
+    return table
 
 
-def _drop_unclaimed(table: AtomTable, candidates: list[tuple[str, int]]) -> None:
+def _drop_unclaimed(table: AtomTable, candidates: list[int]) -> None:
     """A parameter dimension only ``get_attr`` touched, that no op coupled to anything, has no channel
     meaning (a conv kernel's spatial dims when FX traces into a conv subclass): its slices are never
     removed, and it is left out of the table rather than listed as a group of its own.  One that an op
-    blocked keeps its group, so the reason stays visible.  ``candidates``: the dimensions without a role."""
+    blocked keeps its group, so the reason stays visible.  ``candidates``: the positions of the
+    dimensions without a role."""
     linked = np.zeros(table.count, dtype=bool)
     for a, b in table.edges:
         linked[a] = True
@@ -538,12 +437,12 @@ def _drop_unclaimed(table: AtomTable, candidates: list[tuple[str, int]]) -> None
     for atoms, _ in table.blocks:
         linked[atoms] = True
     # a dimension that adopted these atoms (``param_atoms(like=...)``) couples to them without an edge
-    if table.param_dims:
-        uses = np.bincount(np.concatenate([pd.atoms for pd in table.param_dims.values()]), minlength=table.count)
+    if table.dim_atoms:
+        uses = np.bincount(np.concatenate(table.dim_atoms), minlength=table.count)
         linked |= uses > 1
-    unclaimed = [key for key in candidates if not linked[table.param_dims[key].atoms].any()]
-    for key in unclaimed:
-        del table.param_dims[key]
+    unclaimed = {j for j in candidates if not linked[table.dim_atoms[j]].any()}
+    if unclaimed:
+        table.drop_dims(unclaimed)
 
 
-__all__ = ["size_taints_in", "analyze_channels", "AnalysisContext", "AtomTable", "ParamDim", "META_KEY", "unknown_op", "blank_like", "fetch_attr"]
+__all__ = ["size_taints_in", "analyze_channels", "AnalysisContext", "META_KEY", "unknown_op", "blank_like", "fetch_attr"]

@@ -21,7 +21,8 @@ from fxprune.labels import DimLabel, TensorLabels
 from fxprune.rules import RULES
 from fxprune.rules.common import call_arg
 
-from .channel_analysis import META_KEY, AtomTable, fetch_attr
+from .atom_table import AtomTable
+from .channel_analysis import META_KEY, fetch_attr
 
 
 class RewriteContext:
@@ -82,7 +83,7 @@ def rescue_empty_dims(gm: fx.GraphModule, table: AtomTable, atom_zig: np.ndarray
     """
     removed_zig = removed_zig.copy()
     labels = [lab.atoms for n in gm.graph.nodes for lab in _labels_in(n.meta.get(META_KEY))]
-    labels += [pd.atoms for pd in table.param_dims.values()]
+    labels += table.dim_atoms
     changed = True
     while changed:
         changed = False
@@ -132,8 +133,8 @@ def copy_module(module: nn.Module, name: str, memo: dict | None = None) -> nn.Mo
 def sliced_tensors(gm: fx.GraphModule, table: AtomTable, removed_atom: np.ndarray) -> dict[int, torch.Tensor]:
     """New tensors (keyed by the id of the old one) for every parameter/buffer that loses channels."""
     keeps: dict[str, dict[int, np.ndarray]] = {}
-    for (name, dim), pd in table.param_dims.items():
-        removed = removed_atom[pd.atoms]
+    for name, dim, atoms in zip(table.dim_names, table.dim_dims, table.dim_atoms):
+        removed = removed_atom[atoms]
         if removed.any():
             keeps.setdefault(name, {})[dim] = np.flatnonzero(~removed)
     out = {}

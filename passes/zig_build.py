@@ -17,7 +17,7 @@ import torch
 
 from fxprune.layout import PRODUCER, SliceMap, ZigLayout
 
-from .channel_analysis import AtomTable, _counting
+from .atom_table import AtomTable, _counting
 
 
 def connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]],
@@ -200,7 +200,7 @@ def build_zigs(table: AtomTable) -> ZigIndex:
     reason_id, reason_texts = _reasons(table, comp, n_comp)
     has_producer = np.zeros(n_comp, dtype=bool)
     producer_array = np.zeros(dims.num_arrays, dtype=bool)  # per distinct array: some producer dim holds it
-    producer_array[[j for pd, j in zip(dims.dims, dims.array_of) if pd.role == PRODUCER]] = True
+    producer_array[[j for role, j in zip(dims.roles, dims.array_of) if role == PRODUCER]] = True
     has_producer[dims.comp_all[np.repeat(producer_array, dims.sizes)]] = True  # (repeat: array_all's gather, cheaper)
     reason_texts.append(_NO_PRODUCER)
     reason_id[(~has_producer) & (reason_id < 0)] = len(reason_texts) - 1
@@ -279,8 +279,8 @@ def _zigs_of_tied_runs(table: AtomTable, dims: "_DimArrays") -> ZigIndex | None:
         if not set(changes).issubset(first):
             return None
     has_producer = [False] * dims.num_arrays  # per class's first run
-    for pd, j in zip(dims.dims, dims.array_of):
-        if pd.role == PRODUCER:
+    for role, j in zip(dims.roles, dims.array_of):
+        if role == PRODUCER:
             has_producer[parent[j]] = True
     reason_texts.append(_NO_PRODUCER)
     class_reason = reason_id[first].tolist() if first else []
@@ -305,8 +305,8 @@ def _layout(dims: "_DimArrays", prunable: np.ndarray, prunable_id: np.ndarray, n
     zig_of = torch.from_numpy(zig_all).split(dims.sizes.tolist())  # one view per distinct array
     # (tuple.__new__ with the fields as one tuple, as NamedTuple._make does: the class's own __new__
     # is a Python function, and a model has a SliceMap per parameter dimension)
-    maps = [_make_tuple(SliceMap, (pd.name, pd.dim, zig_of[j], pd.role))
-            for pd, j in zip(dims.dims, dims.array_of) if any_prunable[j]]
+    maps = [_make_tuple(SliceMap, (name, dim, zig_of[j], role))
+            for name, dim, role, j in zip(dims.names, dims.dim_indices, dims.roles, dims.array_of) if any_prunable[j]]
     return ZigLayout(n_prunable, tuple(maps), torch.from_numpy(zig_group))
 
 
@@ -331,11 +331,13 @@ class _DimArrays:
     """
 
     def __init__(self, table: AtomTable):
-        self.dims = list(table.param_dims.values())
-        by_id = {id(pd.atoms): pd.atoms for pd in self.dims}  # (in order of first use: a repeat keeps its place)
+        # per dim (the table's columns, which analysis no longer changes)
+        self.names, self.dim_indices, self.roles = table.dim_names, table.dim_dims, table.dim_roles
+        self.num_dims = len(self.names)
+        by_id = {id(atoms): atoms for atoms in table.dim_atoms}  # (in order of first use: a repeat keeps its place)
         arrays = list(by_id.values())
         self.index = {key: j for j, key in enumerate(by_id)}  # array id -> its position among the distinct arrays
-        self.array_of: list[int] = [self.index[id(pd.atoms)] for pd in self.dims]  # per dim: its distinct array
+        self.array_of: list[int] = [self.index[id(atoms)] for atoms in table.dim_atoms]  # per dim: its distinct array
         self.num_arrays = len(arrays)
         self.size_list = [a.size for a in arrays]
         sizes = np.array(self.size_list, dtype=np.int64)
@@ -386,11 +388,11 @@ def _group_zigs(dims: _DimArrays, n_comp: int, reason_id: np.ndarray,
     signatures, different sets collide with probability ~2^-64.  Returns the groups and
     each component's group id.  Whole-array ops only, none per channel.
     """
-    key_hash = _random_keys(max(len(dims.dims), 1), stream=0)
+    key_hash = _random_keys(max(dims.num_dims, 1), stream=0)
     reason_hash = _random_keys(len(reason_texts) + 1, stream=1)
     # Dims sharing an array touch the same components: add their keys up per array first.
     array_key = np.zeros(dims.num_arrays, dtype=np.uint64)
-    np.add.at(array_key, np.asarray(dims.array_of, dtype=np.int64), key_hash[: len(dims.dims)])
+    np.add.at(array_key, np.asarray(dims.array_of, dtype=np.int64), key_hash[: dims.num_dims])
     # Each (array, component) pair once: an array may hold several atoms of one component.
     distinct = _distinct_by_array(dims.array_all * max(n_comp, 1) + dims.comp_all, dims.array_all)
     if distinct is None:  # (every (array, component) pair once already: keys per atom by repeating per array)
@@ -526,10 +528,11 @@ class _GroupMembers:
             _, low_groups, _, array_pieces = self._array_groups()
             low = low_groups.tolist()  # (an array's only group where its piece is None)
             sizes = self._dims.sizes.tolist()
-            for pd, j in zip(self._dims.dims, self._dims.array_of):
+            dims = self._dims
+            for name, dim, role, j in zip(dims.names, dims.dim_indices, dims.roles, dims.array_of):
                 pieces = array_pieces[j]
                 for g, indices in pieces if pieces is not None else [(low[j], _positions(sizes[j]))]:
-                    slices[g].append(ParamSlice(pd.name, pd.dim, indices, pd.role))
+                    slices[g].append(ParamSlice(name, dim, indices, role))
             self._slices = [tuple(s) for s in slices]
         return self._slices[group]
 
@@ -537,11 +540,11 @@ class _GroupMembers:
 def _group_names(dims: _DimArrays, group_all: np.ndarray, n_groups: int, low: np.ndarray,
                  high: np.ndarray) -> list[str]:
     """``'weight[dim 0]'`` of each group's first producer dimension (or first dimension) in dim order."""
-    if not dims.dims:
+    if not dims.num_dims:
         return [f"group {g}" for g in range(n_groups)]
-    num_dims = len(dims.dims)
+    num_dims = dims.num_dims
     array_of = np.asarray(dims.array_of, dtype=np.int64)
-    is_producer = np.array([pd.role == PRODUCER for pd in dims.dims])
+    is_producer = np.array([role == PRODUCER for role in dims.roles])
     order = np.arange(num_dims, dtype=np.int64)
     first_dim = np.full(dims.num_arrays, num_dims, dtype=np.int64)  # per array: its first dim
     np.minimum.at(first_dim, array_of, order)
@@ -561,7 +564,7 @@ def _group_names(dims: _DimArrays, group_all: np.ndarray, n_groups: int, low: np
     best_producer = np.full(n_groups, num_dims, dtype=np.int64)
     np.minimum.at(best_producer, groups, first_producer[arrays])
     chosen = np.where(best_producer < num_dims, best_producer, best_dim).tolist()
-    return [f"{dims.dims[k].name}[dim {dims.dims[k].dim}]" if k < num_dims else f"group {g}"
+    return [f"{dims.names[k]}[dim {dims.dim_indices[k]}]" if k < num_dims else f"group {g}"
             for g, k in enumerate(chosen)]
 
 

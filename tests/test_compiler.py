@@ -401,7 +401,7 @@ def test_groups_partition_the_zigs_and_their_slices_hold_only_their_zigs():
         assert g.prunable == (g.reason is None)
         own = set(g.zigs)
         for s in g.slices:
-            atoms = table.param_dims[(s.name, s.dim)].atoms[s.indices]
+            atoms = table.param_dim(s.name, s.dim).atoms[s.indices]
             assert set(index.atom_zig[atoms].tolist()) <= own
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import fxprune  # noqa: F401  (the package first: passes.zig_build is imported through it)
 from fxprune.layout import BUFFER, CONSUMER, PRODUCER
-from passes.channel_analysis import AtomTable
+from passes.atom_table import AtomTable
 from passes.zig_build import _distinct_by_array, _first_and_inverse, _number_by_first_occurrence, connected_components
 
 
@@ -118,7 +118,7 @@ def test_grouping_of_in_order_runs_equals_the_general_path(name, monkeypatch):
     model, x = zoo.build(name), zoo.example_input(name, True)
     table = fxprune.trace(model, x)._table
     fast = zig_build.build_zigs(table)
-    arrays = {id(pd.atoms): pd.atoms for pd in table.param_dims.values()}
+    arrays = {id(atoms): atoms for atoms in table.dim_atoms}
     assert zig_build._fresh_runs_in_order(list(arrays.values()), table)  # (the short cut is taken)
     monkeypatch.setattr(zig_build, "_fresh_runs_in_order", lambda arrays, table: False)
     assert _zig_summary(zig_build.build_zigs(table)) == _zig_summary(fast)
@@ -165,14 +165,13 @@ def test_tied_runs_short_cut_equals_the_general_path(sizes, data):
     and now and then an edge the short cut does not take (a slice of a run).  Where the short cut answers,
     it equals the general path; where it declines, ``build_zigs`` still does."""
     from passes import zig_build
-    from passes.channel_analysis import ParamDim
 
     table = AtomTable()
     runs = [table.new(k) for k in sizes]
     for r, atoms in enumerate(runs):
         for d in range(data.draw(st.integers(1, 3))):  # (a norm's scale, shift and statistics share one array)
             role = data.draw(st.sampled_from([PRODUCER, CONSUMER, BUFFER]))
-            table.param_dims[(f"p{r}.{d}", 0)] = ParamDim(f"p{r}.{d}", 0, atoms, role, role == BUFFER)
+            table.add_dim(f"p{r}.{d}", f"p{r}.{d}", 0, atoms, role, role == BUFFER)
     for _ in range(data.draw(st.integers(0, 8))):
         a = runs[data.draw(st.integers(0, len(runs) - 1))]
         b = runs[data.draw(st.integers(0, len(runs) - 1))]
