@@ -97,7 +97,7 @@ class AtomTable:
     def new(self, k: int) -> np.ndarray:
         # a view of one shared read-only arange: atom arrays are shared and their properties cached,
         # never edited in place (and a view costs a fraction of a new arange)
-        atoms = _counting(self.count + k)[self.count:self.count + k]
+        atoms = shared_arange(self.count + k)[self.count:self.count + k]
         self._fresh.append(atoms)
         self.ranges[id(atoms)] = self.count
         self.count += k
@@ -121,7 +121,7 @@ class AtomTable:
         """Atoms in consecutive blocks of ``k`` must be pruned together (a conv group's output channels).
 
         The edge pairs each atom with its block's first; ZIG building unions such an edge on
-        a whole run of fresh atoms in closed form (``zig_build.connected_components``)."""
+        a whole run of fresh atoms in closed form (``zig_components.connected_components``)."""
         heads = np.repeat(atoms[::k], k)[:atoms.size]  # (a last block may be short)
         heads.flags.writeable = False
         self.block_heads[id(heads)] = (heads, k)
@@ -156,13 +156,13 @@ class AtomTable:
             self.block(alone, reason_if_untracked() if callable(reason_if_untracked) else reason_if_untracked)
 
 
-def _counting(n: int) -> np.ndarray:
+def shared_arange(n: int) -> np.ndarray:
     """A read-only ``arange`` of at least ``n`` int64s, shared by every atom table (grown by doubling)."""
-    global _COUNTING
-    if _COUNTING.size < n:
-        _COUNTING = np.arange(max(n, 2 * _COUNTING.size), dtype=np.int64)
-        _COUNTING.flags.writeable = False
-    return _COUNTING
+    global _SHARED_ARANGE
+    if _SHARED_ARANGE.size < n:
+        _SHARED_ARANGE = np.arange(max(n, 2 * _SHARED_ARANGE.size), dtype=np.int64)
+        _SHARED_ARANGE.flags.writeable = False
+    return _SHARED_ARANGE
 
 
-_COUNTING = np.zeros(0, dtype=np.int64)
+_SHARED_ARANGE = np.zeros(0, dtype=np.int64)

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 import fxprune  # noqa: F401  (the package first: passes.zig_build is imported through it)
 from fxprune.layout import BUFFER, CONSUMER, PRODUCER
 from passes.atom_table import AtomTable
-from passes.zig_build import _distinct_by_array, _first_and_inverse, _number_by_first_occurrence, connected_components
+from passes.zig_build import _first_and_inverse, _number_by_first_occurrence, connected_components
+from passes.zig_index import distinct_by_array
 
 
 @settings(max_examples=200, deadline=None)
@@ -19,7 +20,7 @@ def test_distinct_by_array_is_the_set_of_keys(arrays):
     array = np.concatenate([np.full(len(a), j, dtype=np.int64) for j, a in enumerate(arrays)])
     values = np.concatenate([np.asarray(a, dtype=np.int64) for a in arrays])
     keys = array * n + values
-    positions = _distinct_by_array(keys, array)
+    positions = distinct_by_array(keys, array)
     got = keys if positions is None else keys[positions]
     assert got.size == np.unique(keys).size  # each distinct key exactly once
     assert np.array_equal(np.sort(got), np.unique(keys))
@@ -27,7 +28,7 @@ def test_distinct_by_array_is_the_set_of_keys(arrays):
 
 def test_strictly_increasing_keys_need_no_positions():
     keys = np.array([0, 3, 4, 12, 15], dtype=np.int64)
-    assert _distinct_by_array(keys, keys // 10) is None
+    assert distinct_by_array(keys, keys // 10) is None
 
 
 @settings(max_examples=200, deadline=None)
@@ -113,14 +114,14 @@ def test_grouping_of_in_order_runs_equals_the_general_path(name, monkeypatch):
     """Where every parameter dimension's atoms are the table's fresh runs in order, grouping takes a
     short cut (no gather of components); the general path must give the same ZIGs, groups and layout."""
     from fxprune import zoo
-    from passes import zig_build
+    from passes import zig_build, zig_index
 
     model, x = zoo.build(name), zoo.example_input(name, True)
     table = fxprune.trace(model, x)._table
     fast = zig_build.build_zigs(table)
     arrays = {id(atoms): atoms for atoms in table.dim_atoms}
-    assert zig_build._fresh_runs_in_order(list(arrays.values()), table)  # (the short cut is taken)
-    monkeypatch.setattr(zig_build, "_fresh_runs_in_order", lambda arrays, table: False)
+    assert zig_index._fresh_runs_in_order(list(arrays.values()), table)  # (the short cut is taken)
+    monkeypatch.setattr(zig_index, "_fresh_runs_in_order", lambda arrays, table: False)
     assert _zig_summary(zig_build.build_zigs(table)) == _zig_summary(fast)
 
 
@@ -164,7 +165,7 @@ def test_tied_runs_short_cut_equals_the_general_path(sizes, data):
     roles (some runs without a producer), whole-run ties, barriers on whole runs or on parts of them,
     and now and then an edge the short cut does not take (a slice of a run).  Where the short cut answers,
     it equals the general path; where it declines, ``build_zigs`` still does."""
-    from passes import zig_build
+    from passes import zig_build, zig_index
 
     table = AtomTable()
     runs = [table.new(k) for k in sizes]
@@ -185,7 +186,7 @@ def test_tied_runs_short_cut_equals_the_general_path(sizes, data):
     if data.draw(st.integers(0, 9)) == 0:
         a = runs[data.draw(st.integers(0, len(runs) - 1))]
         table.unify(a[:1], a[-1:], "")  # not a whole run: the general path
-    dims = zig_build._DimArrays(table)
+    dims = zig_index.DimArrays(table)
     assert dims.covers_all_atoms
     fast = zig_build._zigs_of_tied_runs(table, dims)
     with unittest.mock.patch.object(zig_build, "_zigs_of_tied_runs", lambda table, dims: None):
