@@ -69,27 +69,41 @@ def _zig_index(comp: np.ndarray, reason_id: np.ndarray, reason_texts: list[str],
 
 def _zigs_of_tied_runs(table: AtomTable, dims: "DimArrays") -> ZigIndex | None:
     """``build_zigs`` where every edge ties two whole parameter-dim arrays of one size (the table's
-    fresh runs, ``dims.covers_all_atoms``), and every barrier covers whole components of one class: the
-    common case (plain and residual CNNs).  None where that does not hold.
+    fresh runs, ``dims.covers_all_atoms``) or joins a run's consecutive blocks (a grouped conv's
+    output, ``AtomTable.unify_in_blocks``), and every barrier covers whole components of one class:
+    the common case (plain, residual and grouped CNNs).  None where that does not hold.
 
-    Then the runs fall into classes tied position by position; a class's components are the
-    positions of its first run, numbered in order of that run's first atom, so the component of
-    every atom follows from one offset per run.  All of a class's components touch the same
-    parameter dims and have one reason: each class with atoms is one group, and the grouping
-    needs a handful of Python steps per run instead of array work per atom.
+    Then the runs fall into classes tied position by position, each cut in blocks of one size
+    (1 where no block edge reaches it); a class's components are the blocks of its first run,
+    numbered in order of that run's first atom, so the component of every atom follows from
+    one offset per run.  All of a class's components touch the same parameter dims and have
+    one reason: each class with atoms is one group, and the grouping needs a handful of Python
+    steps per run instead of array work per atom.
     """
     index, sizes = dims.index, dims.size_list
     parent = list(range(dims.num_arrays))  # per run: a run of its class with a smaller index
+    blocked = []  # (run, block size) per block edge
     for a, b in table.edges:
         i, j = index.get(id(a)), index.get(id(b))  # (ids of live arrays: each names one array)
+        if j is None and i is not None:
+            heads = table.block_heads.get(id(b))
+            if heads is not None and heads[0] is b and sizes[i] % heads[1] == 0:
+                blocked.append((i, heads[1]))
+                continue
         if i is None or j is None or sizes[i] != sizes[j]:
-            return None  # a slice, a shuffle or a block pattern of a run: the general path
+            return None  # a slice, a shuffle or a partial block of a run: the general path
         while parent[i] != i:
             i = parent[i]
         while parent[j] != j:
             j = parent[j]
         if i != j:
             parent[max(i, j)] = min(i, j)
+    block_of = {}  # class's first run -> its block size
+    for i, k in blocked:
+        while parent[i] != i:
+            i = parent[i]
+        if block_of.setdefault(i, k) != k:
+            return None  # (two block sizes on one class)
     offsets, shift = [], []  # per run: its class's first component; its first atom minus that
     first, counts, class_runs = [], [], []  # per class with atoms, in order: first component, size, first run
     n_comp = 0
@@ -97,10 +111,10 @@ def _zigs_of_tied_runs(table: AtomTable, dims: "DimArrays") -> ZigIndex | None:
         top = parent[j]
         if top == j:
             offset = n_comp
-            n_comp += size
+            n_comp += size // block_of.get(j, 1)
             if size:
                 first.append(offset)
-                counts.append(size)
+                counts.append(n_comp - offset)
                 class_runs.append(j)
         else:
             top = parent[j] = parent[top]  # (its class's first run: each parent is already final)
@@ -108,6 +122,10 @@ def _zigs_of_tied_runs(table: AtomTable, dims: "DimArrays") -> ZigIndex | None:
         offsets.append(offset)
         shift.append(start - offset)
     comp = shared_arange(table.count)[:table.count] - np.repeat(np.asarray(shift, dtype=np.int64), dims.sizes)
+    if block_of:  # a blocked class: position p of a run is in component offset + p // k
+        k = np.repeat(np.asarray([block_of.get(top, 1) for top in parent], dtype=np.int64), dims.sizes)
+        offset_all = np.repeat(np.asarray(offsets, dtype=np.int64), dims.sizes)
+        comp = offset_all + (comp - offset_all) // k
     dims.set_components(comp)
     reason_id, reason_texts = _reasons(table, comp, n_comp)
     if table.blocks:  # every change of reason must fall where a class begins

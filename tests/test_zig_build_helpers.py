@@ -141,7 +141,8 @@ def _tied_runs_taken(monkeypatch) -> list[bool]:
     return taken
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny",
+                                  "regnet_x_400mf", "resnext50_32x4d"])
 def test_grouping_of_tied_runs_equals_the_general_path(name, monkeypatch):
     """Where every edge ties whole runs, ZIGs and groups are found run by run (``_zigs_of_tied_runs``);
     the general path (components by hooking, groups by signature) must give the same ZIGs, groups,
@@ -162,7 +163,8 @@ def test_grouping_of_tied_runs_equals_the_general_path(name, monkeypatch):
 @given(sizes=st.lists(st.integers(0, 4), min_size=1, max_size=7), data=st.data())
 def test_tied_runs_short_cut_equals_the_general_path(sizes, data):
     """Random tables: runs (empty ones too), each the atoms of one or more parameter dims with random
-    roles (some runs without a producer), whole-run ties, barriers on whole runs or on parts of them,
+    roles (some runs without a producer), whole-run ties, runs united in blocks (grouped convs; block
+    sizes that differ on one class, or do not divide the run, too), barriers on whole runs or on parts of them,
     and now and then an edge the short cut does not take (a slice of a run).  Where the short cut answers,
     it equals the general path; where it declines, ``build_zigs`` still does."""
     from passes import zig_build, zig_index
@@ -176,7 +178,9 @@ def test_tied_runs_short_cut_equals_the_general_path(sizes, data):
     for _ in range(data.draw(st.integers(0, 8))):
         a = runs[data.draw(st.integers(0, len(runs) - 1))]
         b = runs[data.draw(st.integers(0, len(runs) - 1))]
-        if a.size == b.size and a.size:
+        if data.draw(st.integers(0, 3)) == 0 and a.size:
+            table.unify_in_blocks(a, data.draw(st.integers(1, a.size)), "")  # (sizes it does not divide too)
+        elif a.size == b.size and a.size:
             table.unify(a, b, "")
     for _ in range(data.draw(st.integers(0, 3))):
         atoms = runs[data.draw(st.integers(0, len(runs) - 1))]
