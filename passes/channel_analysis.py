@@ -126,21 +126,28 @@ class AnalysisContext:
                 if t is not None:
                     buffers[dot + k] = t
         self._named_tensors = {**params, **buffers}  # (parameters first: ``named_parameters`` order, then buffers)
-        self._param_ids = set(map(id, params.values()))
-        self._buffer_names = {n for n, t in buffers.items() if id(t) not in self._param_ids}
+        self._params = params
+        self._param_id_set: set[int] | None = None  # (``_param_ids``: built on first need)
         self._tied: set[int] = set()
         # with ties, every name resolved up front: param_atoms asks once per parameter dimension
         self._canonical_by_name: dict[str, str] = {}
         self._canonical: dict[int, str] | None = None  # built on first need: most models tie nothing
-        tensor_ids = list(map(id, self._named_tensors.values()))
-        if len(set(tensor_ids)) == len(tensor_ids):  # the common case: no tensor under two names
+        if len(set(map(id, self._named_tensors.values()))) == len(self._named_tensors):
+            self._buffer_names = buffers.keys()  # the common case: no tensor under two names, none both kinds
             return
+        self._buffer_names = {n for n, t in buffers.items() if id(t) not in self._param_ids()}
+        tensor_ids = list(map(id, self._named_tensors.values()))
         canonical = self._first_names()
         self._canonical_by_name = {n: canonical[id(t)] for n, t in self._named_tensors.items()}
         names_per_tensor: dict[int, int] = {}
         for t_id in tensor_ids:
             names_per_tensor[t_id] = names_per_tensor.get(t_id, 0) + 1
         self._tied = {t_id for t_id, count in names_per_tensor.items() if count > 1}
+
+    def _param_ids(self) -> set[int]:
+        if self._param_id_set is None:
+            self._param_id_set = set(map(id, self._params.values()))
+        return self._param_id_set
 
     def _first_names(self) -> dict[int, str]:
         """Tensor id -> its first registered name (``named_parameters`` order, then buffers)."""
@@ -180,7 +187,7 @@ class AnalysisContext:
         # by identity: isinstance(t, nn.Parameter) is slow
         if name in self._buffer_names:
             return True
-        return name not in self._named_tensors and id(self.tensor_by_name(name)) not in self._param_ids
+        return name not in self._named_tensors and id(self.tensor_by_name(name)) not in self._param_ids()
 
     def param_atoms(self, name: str, dim: int, role: str | None, like: np.ndarray | None = None) -> np.ndarray:
         """Atoms of ``name``'s dimension ``dim`` (created on first use, shared by every use).
