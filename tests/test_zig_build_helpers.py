@@ -3,11 +3,12 @@ import unittest.mock
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fxprune  # noqa: F401  (the package first: passes.zig_build is imported through it)
 from fxprune.layout import BUFFER, CONSUMER, PRODUCER
+from netgen import build, net_specs
 from passes.atom_table import AtomTable
 from passes.zig_build import _first_and_inverse, _number_by_first_occurrence, connected_components
 from passes.zig_index import distinct_by_array
@@ -196,5 +197,21 @@ def test_tied_runs_short_cut_equals_the_general_path(sizes, data):
     with unittest.mock.patch.object(zig_build, "_zigs_of_tied_runs", lambda table, dims: None):
         general = zig_build.build_zigs(table)
     assert _zig_summary(zig_build.build_zigs(table)) == _zig_summary(general)
+    if fast is not None:
+        assert _zig_summary(fast) == _zig_summary(general)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(spec=net_specs())
+def test_tied_runs_short_cut_equals_the_general_path_on_random_nets(spec):
+    """The random-net grammar's tables (residuals, concats, grouped convs, shuffles, norms...): where
+    the short cut answers, it equals the general path."""
+    from passes import zig_build, zig_index
+
+    table = fxprune.trace(build(spec), spec.input())._table
+    dims = zig_index.DimArrays(table)
+    fast = zig_build._zigs_of_tied_runs(table, dims) if dims.covers_all_atoms else None
+    with unittest.mock.patch.object(zig_build, "_zigs_of_tied_runs", lambda table, dims: None):
+        general = zig_build.build_zigs(table)
     if fast is not None:
         assert _zig_summary(fast) == _zig_summary(general)
