@@ -154,6 +154,8 @@ class DimArrays:
         self.comp_all: np.ndarray | None = None
 
     def set_components(self, comp: np.ndarray) -> None:
+        """Record the ZIG of every atom (``comp``, indexed by atom id) as ``comp_all``: the ZIG of every
+        atom of the distinct arrays laid end to end (None before)."""
         if self.covers_all_atoms:
             self.comp_all = comp
         else:
