@@ -178,15 +178,9 @@ _MODULE_OUTPUTS: dict[type, Callable[[Any, torch.Tensor], torch.Tensor | None]] 
 }
 
 
-def module_output(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """The meta output of ``module(*args, **kwargs)`` when a formula covers it, else None."""
-    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
-        return None
-    return module_output_of(module, args[0])
-
-
-def module_output_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """``module_output`` for the most common call: one tensor, no keywords."""
+def module_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The meta output of ``module(x)`` (one tensor, no keywords: most module calls) when a formula
+    covers it, else None."""
     output = _MODULE_OUTPUTS.get(type(module))
     return output(module, x) if output is not None else pool_module_output(module, x)
 

@@ -211,21 +211,19 @@ class _RecordingInterpreter:
         return module
 
     def call_module_on(self, target: str, x: Any) -> Any:
-        """``call_module`` of one positional input and no keywords (most module calls)."""
+        """``call_module`` of one positional input and no keywords (most module calls): its closed-form
+        shape where one covers it and no hook may change the output."""
         module = self._module(target)
         if isinstance(x, torch.Tensor) and not has_forward_hooks(module):
-            shortcut = fast_shapes.module_output_of(module, x)
+            shortcut = fast_shapes.module_output(module, x)
             if shortcut is not None:
                 return shortcut
         return self._run_module(target, module, (x,), {})
 
     def call_module(self, target, args, kwargs):
-        module = self._module(target)
-        if not has_forward_hooks(module):  # (a hook may change the output: then run the module)
-            shortcut = fast_shapes.module_output(module, args, kwargs)
-            if shortcut is not None:
-                return shortcut
-        return self._run_module(target, module, args, kwargs)
+        if len(args) == 1 and not kwargs:
+            return self.call_module_on(target, args[0])
+        return self._run_module(target, self._module(target), args, kwargs)
 
     def _run_module(self, target, module, args, kwargs):
         """A module call no closed form covers: a memoised result, else its meta twin run (or the module for real)."""

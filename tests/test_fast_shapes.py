@@ -49,7 +49,7 @@ def test_conv_shape_matches_the_kernel(spatial, groups, in_per_group, out_per_gr
                      dilation=dilation, groups=groups, padding_mode=mode, device="meta")
     channels = in_per_group * groups + (1 if wrong_channels else 0)
     x = _meta(2, channels, *([size] * spatial))
-    _agrees(fast_shapes.module_output(conv, (x,), {}), lambda: conv(x))
+    _agrees(fast_shapes.module_output(conv, x), lambda: conv(x))
 
 
 @settings(max_examples=150, deadline=None)
@@ -102,7 +102,7 @@ def test_in_place_op_cannot_grow_its_target():
     (nn.ReLU(), _meta(2, 3, 4)),
 ])
 def test_module_shapes_match_the_kernel(module, x):
-    _agrees(fast_shapes.module_output(module, (x,), {}), lambda: module(x))
+    _agrees(fast_shapes.module_output(module, x), lambda: module(x))
 
 
 @pytest.mark.parametrize("call", [
@@ -122,7 +122,7 @@ def test_function_shapes_match_the_kernel(call):
 
 def test_channels_last_layout_is_kept():
     x = torch.empty(2, 3, 4, 4, device="meta").to(memory_format=torch.channels_last)
-    out = fast_shapes.module_output(nn.ReLU(), (x,), {})
+    out = fast_shapes.module_output(nn.ReLU(), x)
     assert out.stride() == x.stride()
 
 
@@ -152,9 +152,9 @@ def test_shape_preserving_output_is_a_separate_tensor():
 
 def test_the_common_ops_take_the_shortcut():
     x = _meta(2, 4, 8, 8)
-    assert tuple(fast_shapes.module_output(nn.Conv2d(4, 6, 3, 2, 1, device="meta"), (x,), {}).shape) == (2, 6, 4, 4)
-    assert tuple(fast_shapes.module_output(nn.BatchNorm2d(4, device="meta"), (x,), {}).shape) == (2, 4, 8, 8)
-    assert tuple(fast_shapes.module_output(nn.Linear(8, 3, device="meta"), (x,), {}).shape) == (2, 4, 8, 3)
+    assert tuple(fast_shapes.module_output(nn.Conv2d(4, 6, 3, 2, 1, device="meta"), x).shape) == (2, 6, 4, 4)
+    assert tuple(fast_shapes.module_output(nn.BatchNorm2d(4, device="meta"), x).shape) == (2, 4, 8, 8)
+    assert tuple(fast_shapes.module_output(nn.Linear(8, 3, device="meta"), x).shape) == (2, 4, 8, 3)
     assert tuple(fast_shapes.function_output(operator.add, (x, _meta(4, 1, 1)), {}).shape) == (2, 4, 8, 8)
     assert tuple(fast_shapes.function_output(torch.cat, ([x, x], 1), {}).shape) == (2, 8, 8, 8)
     assert tuple(fast_shapes.method_output("flatten", (x, 1), {}).shape) == (2, 256)
@@ -292,7 +292,7 @@ def test_pooling_shapes_match_the_kernel(spatial, kind, batched, size, kernel, s
             module = module_type(**args)
         except Exception:  # the constructor itself refuses (e.g. kernel 0 for a 1-d avg pool)
             return
-        _agrees_with_cpu(fast_shapes.module_output(module, (x,), {}), module, x)
+        _agrees_with_cpu(fast_shapes.module_output(module, x), module, x)
 
 
 @settings(max_examples=200, deadline=None)
@@ -323,7 +323,7 @@ def test_reductions_with_a_dtype_or_integers_are_left_to_the_kernel():
     (nn.MaxPool2d(2, return_indices=True), _meta(1, 3, 4, 4)),  # a tuple out: left to the kernel
 ])
 def test_flatten_and_pool_modules_match_the_kernel(module, x):
-    _agrees(fast_shapes.module_output(module, (x,), {}), lambda: module(x))
+    _agrees(fast_shapes.module_output(module, x), lambda: module(x))
 
 
 @pytest.mark.parametrize("args, kwargs", [
