@@ -92,17 +92,12 @@ def _zigs_of_tied_runs(table: AtomTable, dims: "DimArrays") -> ZigIndex | None:
                 continue
         if i is None or j is None or sizes[i] != sizes[j]:
             return None  # a slice, a shuffle or a partial block of a run: the general path
-        while parent[i] != i:
-            i = parent[i]
-        while parent[j] != j:
-            j = parent[j]
+        i, j = _first_run(parent, i), _first_run(parent, j)
         if i != j:
             parent[max(i, j)] = min(i, j)
     block_of = {}  # class's first run -> its block size
     for i, k in blocked:
-        while parent[i] != i:
-            i = parent[i]
-        if block_of.setdefault(i, k) != k:
+        if block_of.setdefault(_first_run(parent, i), k) != k:
             return None  # (two block sizes on one class)
     offsets, shift = [], []  # per run: its class's first component; its first atom minus that
     first, counts, class_runs = [], [], []  # per class with atoms, in order: first component, size, first run
@@ -147,6 +142,13 @@ def _zigs_of_tied_runs(table: AtomTable, dims: "DimArrays") -> ZigIndex | None:
     members = GroupMembers(dims, group_of, len(first), np.arange(n_comp, dtype=np.int64), first, ends)
     groups = [Group(g, r < 0, reason_texts[r] if r >= 0 else None, members) for g, r in enumerate(class_reason)]
     return _zig_index(comp, reason_id, reason_texts, groups, dims, group_of)
+
+
+def _first_run(parent: list[int], i: int) -> int:
+    """The first run of run ``i``'s class (``parent`` points each run at a smaller one of its class)."""
+    while parent[i] != i:
+        i = parent[i]
+    return i
 
 
 def _group_zigs(dims: DimArrays, n_comp: int, reason_id: np.ndarray,
