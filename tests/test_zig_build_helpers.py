@@ -160,6 +160,16 @@ def test_grouping_of_tied_runs_equals_the_general_path(name, monkeypatch):
     assert _zig_summary(zig_build.build_zigs(table)) == _zig_summary(fast)
 
 
+def _short_cut_and_general(table):
+    """The tied-runs short cut's answer for ``table`` (None where it declines), and the general path's."""
+    from passes import zig_build, zig_index
+
+    dims = zig_index.DimArrays(table)
+    fast = zig_build._zigs_of_tied_runs(table, dims) if dims.covers_all_atoms else None
+    with unittest.mock.patch.object(zig_build, "_zigs_of_tied_runs", lambda table, dims: None):
+        return fast, zig_build.build_zigs(table)
+
+
 @settings(max_examples=200, deadline=None)
 @given(sizes=st.lists(st.integers(0, 4), min_size=1, max_size=7), data=st.data())
 def test_tied_runs_short_cut_equals_the_general_path(sizes, data):
@@ -191,11 +201,8 @@ def test_tied_runs_short_cut_equals_the_general_path(sizes, data):
     if data.draw(st.integers(0, 9)) == 0:
         a = runs[data.draw(st.integers(0, len(runs) - 1))]
         table.unify(a[:1], a[-1:], "")  # not a whole run: the general path
-    dims = zig_index.DimArrays(table)
-    assert dims.covers_all_atoms
-    fast = zig_build._zigs_of_tied_runs(table, dims)
-    with unittest.mock.patch.object(zig_build, "_zigs_of_tied_runs", lambda table, dims: None):
-        general = zig_build.build_zigs(table)
+    assert zig_index.DimArrays(table).covers_all_atoms
+    fast, general = _short_cut_and_general(table)
     assert _zig_summary(zig_build.build_zigs(table)) == _zig_summary(general)
     if fast is not None:
         assert _zig_summary(fast) == _zig_summary(general)
@@ -206,12 +213,6 @@ def test_tied_runs_short_cut_equals_the_general_path(sizes, data):
 def test_tied_runs_short_cut_equals_the_general_path_on_random_nets(spec):
     """The random-net grammar's tables (residuals, concats, grouped convs, shuffles, norms...): where
     the short cut answers, it equals the general path."""
-    from passes import zig_build, zig_index
-
-    table = fxprune.trace(build(spec), spec.input())._table
-    dims = zig_index.DimArrays(table)
-    fast = zig_build._zigs_of_tied_runs(table, dims) if dims.covers_all_atoms else None
-    with unittest.mock.patch.object(zig_build, "_zigs_of_tied_runs", lambda table, dims: None):
-        general = zig_build.build_zigs(table)
+    fast, general = _short_cut_and_general(fxprune.trace(build(spec), spec.input())._table)
     if fast is not None:
         assert _zig_summary(fast) == _zig_summary(general)
